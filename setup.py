@@ -1,0 +1,57 @@
+"""Builds the toolkit and its C++/CUDA extension toolkit._C.
+
+CPU torch: a CppExtension from toolkit/csrc/*.cpp and toolkit/csrc/cpu/*.cpp, compiled and
+linked with -fopenmp. CUDA torch with nvcc available: a CUDAExtension that adds the .cu kernels
+in toolkit/csrc/cuda/ and their tensor glue (toolkit/csrc/cuda/*.cpp).
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join("toolkit", "csrc")
+
+
+def sources(*patterns):
+    found = []
+    for pattern in patterns:
+        found += sorted(glob.glob(os.path.join(CSRC, pattern)))
+    return found
+
+
+def extension():
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None \
+        and os.environ.get("TOOLKIT_NO_CUDA", "0") != "1"
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DAT_PARALLEL_OPENMP=1"]
+    common = dict(
+        name="toolkit._C",
+        include_dirs=[os.path.join(HERE, CSRC)],
+        extra_link_args=["-fopenmp"],
+    )
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.0;8.0;9.0")
+        return CUDAExtension(
+            sources=sources("*.cpp", "cpu/*.cpp", "cuda/*.cpp", "cuda/*.cu"),
+            extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": ["-O3", "-std=c++17"]},
+            **common)
+    return CppExtension(sources=sources("*.cpp", "cpu/*.cpp"),
+                        extra_compile_args={"cxx": cxx}, **common)
+
+
+setup(
+    name="hpc-invariance-toolkit",
+    version="0.1.0",
+    description="Distributed training on MPI/SLURM with the invariance layer and DaSGD",
+    packages=find_packages(include=["toolkit", "toolkit.*", "launch", "launch.*",
+                                    "models", "models.*"]),
+    package_data={"toolkit": ["csrc/*.h", "csrc/*/*.h"]},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.9",
+    install_requires=["torch", "numpy", "tqdm", "scikit-learn"],
+    extras_require={"plots": ["matplotlib"], "imagefolder": ["pillow"]},
+)

@@ -1,0 +1,1 @@
+"""Benchmarks: layer cost, communication hiding, scaling model."""
