@@ -30,7 +30,9 @@ if [ ! -x $VENV/bin/python ]; then
     say "venv $VENV"
     $PY -m venv $VENV
 fi
-PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# The machine's pip config lists local indexes that lack some projects; pip warns about each.
+pip_quiet() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+PIP=pip_quiet
 CONSTRAINTS=$VENV/constraints.txt
 echo "torch==$TORCH_VERSION" > $CONSTRAINTS
 if ! done_already "torch-$TORCH_VERSION"; then
@@ -41,7 +43,7 @@ if ! done_already "torch-$TORCH_VERSION"; then
 fi
 
 # 3. Python dependencies (runtime, tests, Horovod's build requirements).
-DEPS="numpy tqdm scikit-learn pillow matplotlib pytest packaging cloudpickle psutil pyyaml cmake setuptools wheel ninja"
+DEPS="numpy tqdm scikit-learn pillow matplotlib pytest packaging cloudpickle psutil pyyaml cmake setuptools wheel ninja cython"
 DEPS_KEY=$(echo "$DEPS" | md5sum | cut -c1-8)
 if ! done_already "deps-$DEPS_KEY"; then
     say "python deps: $DEPS"

@@ -1,0 +1,87 @@
+"""Horovod start-up, the launch checks that catch a mis-launched job, and rank-0 output."""
+import os
+import sys
+from dataclasses import dataclass
+
+
+class LaunchError(RuntimeError):
+    """The job was started in a way that cannot work (message says how to fix it)."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    launcher: str
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+
+def detect_launcher(env=os.environ):
+    """Which launcher started this process, judged from the variables it sets."""
+    if "HOROVOD_GLOO_RENDEZVOUS_ADDR" in env:
+        return "horovodrun-gloo"
+    if "OMPI_COMM_WORLD_SIZE" in env:
+        return "mpirun"
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+        return "srun"
+    return "single"
+
+
+def expected_size(env=os.environ):
+    """(variable, size) the launcher promised, or None when nothing promised a size.
+
+    Read before hvd.init(): Open MPI's singleton start sets OMPI_COMM_WORLD_SIZE=1 itself.
+    Open MPI's mpirun inside a SLURM job starts its daemons with srun, so SLURM step
+    variables describe the daemons there: the Open MPI variable wins when both are set.
+    """
+    for var in ("OMPI_COMM_WORLD_SIZE", "HOROVOD_SIZE"):
+        if var in env:
+            return var, int(env[var])
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        for var in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+            if var in env:
+                return var, int(env[var])
+    return None
+
+
+def check_size(actual, promised):
+    if promised is not None and promised[1] != actual:
+        var, n = promised
+        raise LaunchError(
+            f"Horovod sees {actual} rank(s) but {var}={n}: the launcher started independent "
+            f"single-rank copies. Under SLURM use `srun --mpi=pmix` (check `srun --mpi=list`) "
+            f"or mpirun/horovodrun inside the allocation.")
+
+
+def init():
+    """hvd.init() plus the size check; returns this process's place in the job."""
+    promised = expected_size()
+    launcher = detect_launcher()
+    import horovod.torch as hvd
+    hvd.init()
+    check_size(hvd.size(), promised)
+    return Dist(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+                local_size=hvd.local_size(), launcher=launcher)
+
+
+def allreduce_sum(tensor, name):
+    """Blocking sum over ranks (evaluation counts, epoch statistics)."""
+    import horovod.torch as hvd
+    return hvd.allreduce(tensor, op=hvd.Sum, name=name)
+
+
+def root_print(ctx, *args, **kwargs):
+    """print on rank 0 only, flushed (job logs are pipes, not terminals)."""
+    if ctx.is_root:
+        print(*args, **kwargs, flush=True)
+
+
+def fail(message, code=2):
+    """One clear line on stderr and exit: for bad input that every rank detects alike."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
