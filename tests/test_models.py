@@ -1,0 +1,163 @@
+"""Models: every name x norm builds, runs forward and backward, and has the layers its
+norm promises; small_cnn really learns the digits."""
+import pytest
+import torch
+from torch import nn
+
+from models import MODEL_NAMES, build_model
+
+try:
+    import toolkit.invariance as invariance
+    INV_SKIP = None
+except ImportError as exc:  # the compiled layer is not built in this checkout
+    invariance = None
+    INV_SKIP = f"toolkit.invariance does not import: {exc}"
+
+needs_inv = pytest.mark.skipif(INV_SKIP is not None, reason=INV_SKIP or "")
+
+# Small inputs keep the whole matrix fast; ImageNet models accept any size >= 32.
+SHAPES = {"small_cnn": (1, 8)}
+DEFAULT_SHAPE = (3, 32)
+
+
+def _build(name, norm, num_classes=7):
+    channels, size = SHAPES.get(name, DEFAULT_SHAPE)
+    model = build_model(name, num_classes=num_classes, in_channels=channels,
+                        image_size=size, norm=norm)
+    return model, torch.randn(4, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _forward_backward(model, x):
+    model.train()
+    out = model(x)
+    assert out.shape == (x.shape[0], 7)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # Every parameter is used: no dead layer.
+    assert all(g.abs().sum() > 0 for g in grads)
+    model.eval()
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("norm", ["bn", "none"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_backward_plain(name, norm):
+    torch.manual_seed(0)
+    model, x = _build(name, norm)
+    _forward_backward(model, x)
+
+
+@needs_inv
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20", "resnet18_cifar", "vgg11",
+                                  "vit_tiny", "resnet50"])
+def test_forward_backward_inv(name):
+    torch.manual_seed(0)
+    model, x = _build(name, "inv")
+    _forward_backward(model, x)
+
+
+def _plain_convs(model):
+    return [m for m in model.modules() if type(m) is nn.Conv2d]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "vgg16", "small_cnn"])
+def test_bn_models_use_biasless_convs_and_batchnorm(name):
+    model, _ = _build(name, "bn")
+    convs = _plain_convs(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert convs and len(norms) == len(convs)
+    assert all(c.bias is None for c in convs)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "vgg16", "small_cnn", "vit_tiny"])
+def test_none_models_have_no_normalisation(name):
+    model, _ = _build(name, "none")
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) for m in model.modules())
+    assert all(c.bias is not None for c in _plain_convs(model))
+
+
+def test_resnet_depths_and_projection_shortcuts():
+    def count_convs(name):
+        return len(_plain_convs(_build(name, "none")[0]))
+    # 6n+2 layers: n = 3 and 9 blocks per stage, plus the two 1x1 projection shortcuts.
+    assert count_convs("resnet20") == 19 + 2
+    assert count_convs("resnet56") == 55 + 2
+    assert count_convs("resnet18") == 17 + 3
+    assert count_convs("resnet50") == 49 + 4
+
+
+def test_deep_unnormalised_resnet_starts_well_scaled():
+    torch.manual_seed(0)
+    model, x = _build("resnet56", "none")
+    with torch.no_grad():
+        out = model(x)
+    assert 1e-3 < out.std().item() < 10.0
+
+
+def test_vit_norm_choices():
+    bn_model, _ = _build("vit_tiny", "bn")
+    assert sum(isinstance(m, nn.LayerNorm) for m in bn_model.modules()) == 2 * 6 + 1
+    with pytest.raises(ValueError, match="image_size 33"):
+        build_model("vit_tiny", num_classes=10, image_size=33)
+
+
+def test_unknown_name_and_bad_arguments():
+    with pytest.raises(ValueError, match="unknown model 'resnet19'.*resnet18_cifar"):
+        build_model("resnet19", num_classes=10)
+    with pytest.raises(ValueError, match="unknown norm 'gn'.*bn, inv, none"):
+        build_model("resnet20", num_classes=10, norm="gn")
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("resnet20", num_classes=0)
+
+
+def test_vgg_on_tiny_images_skips_pooling():
+    model = build_model("vgg11", num_classes=10, in_channels=1, image_size=8, norm="bn")
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+@needs_inv
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20", "resnet18", "vgg11", "vit_tiny"])
+def test_inv_models_replace_every_conv_and_linear(name):
+    model, _ = _build(name, "inv")
+    assert not _plain_convs(model)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) for m in model.modules())
+    inv_convs = [m for m in model.modules() if isinstance(m, invariance.InvConv2d)]
+    assert inv_convs and all(c.bias is not None for c in inv_convs)
+    # The network's first conv (the first registered) whitens raw pixels: 15 iterations.
+    assert [c.n_iter for c in inv_convs] == [15] + [5] * (len(inv_convs) - 1)
+    assert any(isinstance(m, invariance.InvLinear) for m in model.modules())
+
+
+def _train_small_cnn_on_digits(norm, epochs, lr):
+    from toolkit.data import load_dataset
+    bundle = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=bundle.num_classes,
+                        in_channels=bundle.in_channels, image_size=bundle.image_size, norm=norm)
+    x_train, y_train = bundle.train.tensors
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    order_gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(y_train), generator=order_gen).split(32):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+            optimizer.step()
+    model.eval()
+    x_test, y_test = bundle.test.tensors
+    with torch.no_grad():
+        return (model(x_test).argmax(1) == y_test).float().mean().item()
+
+
+def test_small_cnn_learns_digits_bn():
+    assert _train_small_cnn_on_digits("bn", epochs=4, lr=0.05) > 0.9
+
+
+@needs_inv
+def test_small_cnn_learns_digits_inv():
+    assert _train_small_cnn_on_digits("inv", epochs=4, lr=0.05) > 0.9
