@@ -30,8 +30,9 @@ def shard_indices(n, batch_size, rank, world_size, seed, epoch, train):
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def shard_loader(dataset, batch_size, rank, world_size, seed, epoch, train):
-    """A DataLoader over this rank's shard; len() is the number of steps."""
+def shard_loader(dataset, batch_size, rank, world_size, seed, epoch, train, start_step=0):
+    """A DataLoader over this rank's shard; len() is the number of steps.
+    start_step skips batches already consumed (resuming in the middle of an epoch)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if train and steps_per_epoch(len(dataset), batch_size, world_size) == 0:
@@ -40,4 +41,5 @@ def shard_loader(dataset, batch_size, rank, world_size, seed, epoch, train):
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     batches = shard_indices(len(dataset), batch_size, rank, world_size, seed, epoch, train)
+    batches = batches[start_step:]
     return DataLoader(dataset, batch_sampler=batches, num_workers=0)

@@ -1,0 +1,88 @@
+"""Checkpoints: atomic writes, the last K kept, clear errors on corrupt or foreign files.
+
+A checkpoint is written to a temporary file in the same directory, fsynced, and renamed
+over its final name, then the directory is fsynced: a crash at any moment leaves either
+the old set of checkpoints or the new one, never a torn file.
+"""
+import os
+import re
+import tempfile
+
+import torch
+
+PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message is one line naming the file."""
+
+
+def save_atomic(obj, path):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Checkpointer:
+    """ckpt-<step>.pt files in one directory; keeps the newest `keep`."""
+
+    def __init__(self, directory, keep=3):
+        if keep < 1:
+            raise ValueError(f"--keep must be >= 1, got {keep}")
+        self.directory = directory
+        self.keep = keep
+
+    def paths(self):
+        """Existing checkpoints, oldest first."""
+        if not os.path.isdir(self.directory):
+            return []
+        names = sorted(n for n in os.listdir(self.directory) if PATTERN.match(n))
+        return [os.path.join(self.directory, n) for n in names]
+
+    def latest(self):
+        paths = self.paths()
+        return paths[-1] if paths else None
+
+    def save(self, state, step):
+        path = os.path.join(self.directory, f"ckpt-{step:08d}.pt")
+        save_atomic(dict(state, format_version=FORMAT_VERSION), path)
+        for old in self.paths()[:-self.keep]:
+            os.unlink(old)
+        return path
+
+
+def load_checkpoint(path, expect):
+    """Load `path` and check it belongs to this run: `expect` maps keys of the saved
+    `config` to the values this run has (model, norm, dataset, world size, ...)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint "
+                              f"({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a toolkit checkpoint "
+                              f"(format version {FORMAT_VERSION} expected)")
+    saved = state.get("config", {})
+    for key, value in expect.items():
+        if saved.get(key) != value:
+            raise CheckpointError(f"checkpoint {path} does not match this run: "
+                                  f"{key}={saved.get(key)!r} there, {value!r} here")
+    return state
