@@ -1,0 +1,228 @@
+"""A real single-node SLURM cluster on this host, for the SLURM tests.
+
+Installs Debian's slurmctld/slurmd/munge when missing, writes a private slurm.conf and
+munge key into a temporary directory, starts munged, slurmctld and slurmd with explicit pid
+files, waits until the node is idle and stops the daemons by pid at the end. Everything
+(state, spool, logs, munge socket) lives in the temporary directory, and the ports are
+picked free, so a system SLURM on the same host is neither used nor disturbed.
+
+Used as a pytest fixture by tests/test_slurm.py and as a script by slurm/local_cluster.sh:
+    python tests/slurm_cluster.py start DIR   # prints `export SLURM_CONF=...`
+    python tests/slurm_cluster.py stop DIR
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+BINARIES = ["slurmctld", "slurmd", "munged", "sbatch", "sinfo", "scontrol", "srun"]
+
+
+def _which(name):
+    # Daemons live in /usr/sbin, which is not always on PATH for non-login shells.
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+def ensure_installed():
+    """apt-get install the SLURM and munge packages when a binary is missing."""
+    if all(_which(b) for b in BINARIES):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+        # A fresh machine has no package lists yet.
+        subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed: "
+                               f"{proc.stderr.strip()[-500:]}")
+    missing = [b for b in BINARIES if not _which(b)]
+    if missing:
+        raise RuntimeError(f"SLURM binaries still missing after install: {', '.join(missing)}")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class SlurmCluster:
+    """Single-node cluster rooted at `root`. start() / stop(); env() for client commands."""
+
+    DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order: node, controller, auth
+
+    def __init__(self, root, cpus=2, real_memory_mb=1000):
+        self.root = os.path.abspath(root)
+        self.cpus = cpus
+        self.real_memory_mb = real_memory_mb
+        self.host = socket.gethostname().split(".")[0]
+        self.conf = os.path.join(self.root, "etc", "slurm.conf")
+        self.munge_socket = os.path.join(self.root, "munge", "munge.socket")
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def pid_file(self, daemon):
+        return self.path("run", f"{daemon}.pid")
+
+    def env(self, base=None):
+        """Environment in which sbatch/sinfo/scontrol talk to this cluster."""
+        env = dict(os.environ if base is None else base)
+        env["SLURM_CONF"] = self.conf
+        env["PATH"] = env.get("PATH", "") + os.pathsep + "/usr/sbin"
+        return env
+
+    def _write_config(self):
+        for d in ("etc", "run", "log", "state", "spool", "munge"):
+            os.makedirs(self.path(d), exist_ok=True)
+        # munged insists that its directories are not writable by others.
+        for d in ("munge", "run"):
+            os.chmod(self.path(d), 0o700)
+        key = self.path("munge", "munge.key")
+        if not os.path.exists(key):
+            with open(key, "wb") as f:
+                f.write(os.urandom(128))
+            os.chmod(key, 0o600)
+        lines = [
+            "ClusterName=toolkit-test",
+            f"SlurmctldHost={self.host}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            f"SlurmctldPort={_free_port()}",
+            f"SlurmdPort={_free_port()}",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            f"StateSaveLocation={self.path('state')}",
+            f"SlurmdSpoolDir={self.path('spool')}",
+            f"SlurmctldPidFile={self.pid_file('slurmctld')}",
+            f"SlurmdPidFile={self.pid_file('slurmd')}",
+            f"SlurmctldLogFile={self.path('log', 'slurmctld.log')}",
+            f"SlurmdLogFile={self.path('log', 'slurmd.log')}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "MpiDefault=none",
+            "SwitchType=switch/none",
+            "SchedulerType=sched/builtin",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "ReturnToService=2",
+            # Without accounting, finished jobs are only visible while the controller keeps
+            # them: keep them long enough for the tests to read their final state.
+            "MinJobAge=3600",
+            "SlurmdTimeout=60",
+            "InactiveLimit=0",
+            "KillWait=5",
+            f"NodeName={self.host} CPUs={self.cpus} RealMemory={self.real_memory_mb} State=UNKNOWN",
+            f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+        ]
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def _start(self, daemon, argv):
+        proc = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{daemon} failed to start ({proc.returncode}): "
+                               f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+                               f"{self._log_tail(daemon)}")
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            pid = _read_pid(self.pid_file(daemon))
+            if pid and _alive(pid):
+                return pid
+            time.sleep(0.2)
+        raise RuntimeError(f"{daemon} wrote no live pid to {self.pid_file(daemon)}"
+                           f"{self._log_tail(daemon)}")
+
+    def _log_tail(self, daemon, n=1500):
+        try:
+            with open(self.path("log", f"{daemon}.log")) as f:
+                return "\n--- " + daemon + " log ---\n" + f.read()[-n:]
+        except OSError:
+            return ""
+
+    def start(self, timeout=60):
+        ensure_installed()
+        self._write_config()
+        self._start("munged", [_which("munged"), "--force",
+                               f"--key-file={self.path('munge', 'munge.key')}",
+                               f"--socket={self.munge_socket}",
+                               f"--pid-file={self.pid_file('munged')}",
+                               f"--log-file={self.path('log', 'munged.log')}",
+                               f"--seed-file={self.path('munge', 'munge.seed')}"])
+        # -i: ignore state left by an earlier cluster in the same directory.
+        self._start("slurmctld", [_which("slurmctld"), "-i", "-f", self.conf])
+        self._start("slurmd", [_which("slurmd"), "-f", self.conf])
+        self.wait_idle(timeout)
+        return self
+
+    def wait_idle(self, timeout):
+        deadline = time.time() + timeout
+        state = ""
+        while time.time() < deadline:
+            proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env(),
+                                  capture_output=True, text=True)
+            state = (proc.stdout or proc.stderr).strip()
+            if proc.returncode == 0 and state.startswith("idle"):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"node {self.host} not idle after {timeout}s (sinfo: {state!r})"
+                           f"{self._log_tail('slurmctld')}{self._log_tail('slurmd')}")
+
+    def stop(self, timeout=20):
+        """SIGTERM each daemon by its pid file, SIGKILL after `timeout`. Idempotent."""
+        for daemon in self.DAEMONS:
+            pid = _read_pid(self.pid_file(daemon))
+            if not pid or not _alive(pid):
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.time() + timeout
+            while _alive(pid) and time.time() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def main(argv):
+    if len(argv) != 2 or argv[0] not in ("start", "stop"):
+        sys.exit("usage: slurm_cluster.py start|stop DIR")
+    cluster = SlurmCluster(argv[1])
+    if argv[0] == "start":
+        cluster.start()
+        print(f"export SLURM_CONF={cluster.conf}")
+    else:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
