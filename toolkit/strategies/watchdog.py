@@ -1,0 +1,75 @@
+"""Waiting on Horovod handles with a deadline, so a stall becomes an error naming the step.
+
+Horovod never fails a collective that some rank did not submit (a different name, a skipped
+step, a dead peer under some launchers): it waits, printing a stall warning every
+HOROVOD_STALL_CHECK_TIME_SECONDS. Training code must not hang silently, so every wait in the
+strategies polls the handle and raises RuntimeError after a deadline.
+"""
+import os
+import time
+
+# Seconds one collective may take before the job is declared stalled. Generous by default:
+# a large model over a slow link legitimately needs seconds per allreduce.
+COMM_TIMEOUT_ENV = "TOOLKIT_COMM_TIMEOUT_S"
+DEFAULT_COMM_TIMEOUT_S = 300.0
+
+
+def comm_timeout_s(env=os.environ):
+    raw = env.get(COMM_TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_COMM_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{COMM_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{COMM_TIMEOUT_ENV} must be > 0, got {raw!r}")
+    return value
+
+
+def apply_stall_defaults(env=os.environ):
+    """Horovod's own stall detection, set only where the user has not chosen.
+
+    Horovod reads these when hvd.init() starts its background thread, so call this BEFORE
+    hvd.init() for it to take effect in this process (it also reaches child processes).
+    The warning comes early and names the tensors each rank is missing; the shutdown is a
+    backstop behind the strategies' own deadline.
+    """
+    timeout = comm_timeout_s(env)
+    env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(int(min(30.0, timeout))))
+    env.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(timeout + 30)))
+    return env
+
+
+def poll_until_done(handle, *, name, step, timeout_s, rank):
+    """Return once hvd.poll(handle) is true; RuntimeError naming the step after the deadline.
+
+    Polls instead of blocking in synchronize so that a stall can be turned into an error.
+    The sleep grows from 0.1 ms to 2 ms: a handle that completes while we look costs
+    almost nothing, a long wait costs almost no CPU (the compute threads need the cores).
+    """
+    import horovod.torch as hvd
+
+    start = time.monotonic()
+    pause = 1e-4
+    while not hvd.poll(handle):
+        waited = time.monotonic() - start
+        if waited > timeout_s:
+            raise RuntimeError(
+                f"collective {name!r} stalled at step {step}: rank {rank} waited "
+                f"{waited:.0f} s (> {COMM_TIMEOUT_ENV}={timeout_s:g}) for it; another rank "
+                f"submitted a different collective, skipped a step or died")
+        time.sleep(pause)
+        pause = min(pause * 1.5, 2e-3)
+
+
+def wait_handle(handle, *, name, step, timeout_s, rank):
+    """hvd.synchronize(handle) with a deadline; returns the operation's output."""
+    import horovod.torch as hvd
+
+    poll_until_done(handle, name=name, step=step, timeout_s=timeout_s, rank=rank)
+    try:
+        return hvd.synchronize(handle)
+    except Exception as exc:  # HorovodInternalError: peer gone or Horovod shut down
+        raise RuntimeError(f"collective {name!r} failed at step {step} on rank {rank}: "
+                           f"{exc}".strip()) from exc
