@@ -121,6 +121,9 @@ def test_cifar_missing_and_corrupt_paths(tmp_path):
     with pytest.raises(DataError, match="data_batch_1.*test_batch"):
         load_dataset("cifar10", str(tmp_path))  # exists but empty
     _fake_cifar(tmp_path, "cifar10")
+    assert load_dataset("cifar10", str(tmp_path), image_size=32).image_size == 32
+    with pytest.raises(DataError, match="image_size 64 is not supported"):
+        load_dataset("cifar10", str(tmp_path), image_size=64)
     corrupt = tmp_path / "data_batch_4"
     corrupt.write_bytes(b"this is not a pickle")
     with pytest.raises(DataError, match=f"{corrupt} is not a readable CIFAR batch"):

@@ -119,10 +119,13 @@ def _read_split(name, directory, files):
     return images, torch.cat([p[1] for p in parts])
 
 
-def _load(name, data_dir, seed, augment=True, **options):
+def _load(name, data_dir, seed, augment=True, image_size=IMAGE_SIZE, **options):
     if options:
         raise DataError(f"{name}: unknown option(s) {', '.join(sorted(options))} "
-                        f"(supported: augment)")
+                        f"(supported: augment, image_size)")
+    if image_size != IMAGE_SIZE:
+        raise DataError(f"{name}: images are {IMAGE_SIZE}x{IMAGE_SIZE}; image_size "
+                        f"{image_size!r} is not supported")
     directory = _find_dir(name, data_dir)
     layout, (mean, std) = LAYOUT[name], STATS[name]
     train_images, train_labels = _read_split(name, directory, layout["train"])
