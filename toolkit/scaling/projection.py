@@ -1,0 +1,176 @@
+"""Project throughput and efficiency of `sync` and `dasgd` to many workers.
+
+Step-time model, per worker, with c = measured compute time of one step (strategy none)
+and t(p) = ring allreduce time of the model on p workers (alpha-beta, calibrated):
+  sync:  c + max(0, t(p) - o·c)          gradients are reduced during backward; o = share
+                                         of the step that overlaps communication
+                                         (calibrated from the measured sync step)
+  dasgd: c + max(0, t(p) - d·c) / H      the average of period H travels for d steps of
+                                         compute before it is needed
+Throughput = p · batch / step; efficiency = c / step (1 = no communication cost).
+"""
+import math
+from dataclasses import dataclass
+
+from toolkit.scaling.calibration import fit_alpha_beta, ring_allreduce_s
+
+DEFAULT_WORKERS = tuple(2 ** k for k in range(3, 13))  # 8 ... 4096
+
+
+@dataclass
+class Model:
+    compute_s: float
+    bytes: float
+    alpha: float
+    beta: float
+    overlap: float        # o, fraction of c
+    period: int = 1       # H
+    delay: int = 1        # d
+
+    def allreduce_s(self, p):
+        return float(ring_allreduce_s(p, self.bytes, self.alpha, self.beta))
+
+    def step_s(self, strategy, p):
+        t, c = self.allreduce_s(p), self.compute_s
+        if strategy == "sync":
+            return c + max(0.0, t - self.overlap * c)
+        if strategy == "dasgd":
+            return c + max(0.0, t - self.delay * c) / self.period
+        raise ValueError(f"projection covers sync and dasgd, not {strategy!r}")
+
+
+def calibrate(measured, *, alpha=None, overlap=None, period=1, delay=1):
+    """A Model from measured inputs; returns (model, list of assumption sentences)."""
+    if period < 1 or delay < 0:
+        raise ValueError(f"--period must be >= 1 and --delay >= 0, got {period}, {delay}")
+    a, b = fit_alpha_beta(measured.points, alpha)
+    notes = []
+    if alpha is None and len({(p, n) for p, n, _ in measured.points}) >= 2:
+        notes.append(f"alpha and beta fitted (least squares) to {len(measured.points)} "
+                     f"measured allreduces")
+    else:
+        notes.append(f"alpha = {a * 1e6:.3g} us per hop is ASSUMED (one measured size "
+                     f"cannot separate latency from bandwidth; set --alpha); beta solved "
+                     f"from the measured allreduce")
+    c = measured.compute_s
+    t_m = float(ring_allreduce_s(measured.workers, measured.bytes, a, b))
+    if overlap is not None:
+        o = overlap
+        notes.append(f"sync overlap o = {o:.2f} of the compute step (given by --overlap)")
+    elif measured.sync_s is not None:
+        # exposed = sync - c = t - o·c  =>  o = (t - exposed) / c, kept within [0, 1]
+        o = min(1.0, max(0.0, (t_m - (measured.sync_s - c)) / c))
+        notes.append(f"sync overlap o = {o:.2f} of the compute step, calibrated from the "
+                     f"measured sync step {measured.sync_s:.4g} s at p={measured.workers}")
+    else:
+        o = 0.0
+        notes.append("sync overlap o = 0 (no measured sync step; pessimistic)")
+    if not 0.0 <= o <= 1.0:
+        raise ValueError(f"--overlap must be within [0, 1], got {o}")
+    model = Model(compute_s=c, bytes=measured.bytes, alpha=a, beta=b, overlap=o,
+                  period=period, delay=delay)
+    notes += [
+        f"compute per step c = {c:.4g} s is measured (strategy none, p={measured.workers}) "
+        f"and stays constant: same batch per worker (weak scaling), no input-pipeline or "
+        f"straggler effects",
+        f"ring allreduce t(p) = 2(p-1)*alpha + 2(p-1)/p * n/beta with n = "
+        f"{measured.bytes:.4g} bytes, alpha = {a:.3g} s, beta = {b / 1e9:.4g} GB/s "
+        f"(one flat ring; no hierarchy, no contention, no tree algorithms)",
+        "sync exposes the part of the allreduce not overlapped with backward: "
+        "c + max(0, t(p) - o*c)",
+        f"dasgd (H={period}, d={delay}) hides the allreduce behind d steps of compute and "
+        f"pays the rest once per H steps: c + max(0, t(p) - d*c)/H; the cost of the "
+        f"snapshot copy and of the communication thread competing for cores is ignored",
+        "throughput = p * batch / step; efficiency = c / step",
+    ]
+    return model, notes
+
+
+def project(model, workers=DEFAULT_WORKERS, batch_per_rank=None):
+    rows = []
+    for p in workers:
+        if p < 1:
+            raise ValueError(f"worker counts must be positive, got {p}")
+        row = {"workers": p, "allreduce_s": model.allreduce_s(p)}
+        for s in ("sync", "dasgd"):
+            step = model.step_s(s, p)
+            row[f"{s}_step_s"] = step
+            row[f"{s}_efficiency"] = model.compute_s / step
+            row[f"{s}_images_per_s"] = p * batch_per_rank / step if batch_per_rank else None
+        row["dasgd_over_sync"] = row["sync_step_s"] / row["dasgd_step_s"]
+        rows.append(row)
+    return rows
+
+
+def check_rows(model, measured):
+    """Model vs measurement at the measured worker count (how well the calibration fits)."""
+    rows = []
+    for s, value in (("sync", measured.sync_s), ("dasgd", measured.dasgd_s)):
+        if value is not None:
+            rows.append((s, measured.workers, value, model.step_s(s, measured.workers)))
+    return rows
+
+
+def _g(x, digits=4):
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def to_markdown(rows, notes, checks=()):
+    cols = ["workers", "allreduce_s", "sync_step_s", "dasgd_step_s", "sync_efficiency",
+            "dasgd_efficiency", "sync_images_per_s", "dasgd_images_per_s", "dasgd_over_sync"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_g(r[c]) if c != "workers" else str(r[c]) for c in cols) + " |"
+            for r in rows]
+    out += ["", "Assumptions:"] + [f"- {n}" for n in notes]
+    if checks:
+        out += ["", "Calibration check (measured vs model step, seconds):"]
+        out += [f"- {s} at p={p}: measured {_g(m)}, model {_g(x)}" for s, p, m, x in checks]
+    return "\n".join(out) + "\n"
+
+
+def plot(rows, path, title="Projected scaling (alpha-beta ring allreduce)"):
+    import matplotlib
+    matplotlib.use("Agg")  # batch nodes have no display
+    import matplotlib.pyplot as plt
+
+    ps = [r["workers"] for r in rows]
+    fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for s in ("sync", "dasgd"):
+        ax_e.plot(ps, [r[f"{s}_efficiency"] for r in rows], "o-", label=s)
+        if rows[0][f"{s}_images_per_s"] is not None:
+            ax_t.plot(ps, [r[f"{s}_images_per_s"] for r in rows], "o-", label=s)
+            ax_t.set_ylabel("images/s")
+        else:
+            ax_t.plot(ps, [r["workers"] * r[f"{s}_efficiency"] for r in rows], "o-", label=s)
+            ax_t.set_ylabel("speedup over one worker")
+    # Ideal = p workers at the compute-only step: images/s / efficiency, or speedup p.
+    ideal = [r["sync_images_per_s"] / r["sync_efficiency"] if r["sync_images_per_s"]
+             else r["workers"] for r in rows]
+    ax_t.plot(ps, ideal, ":", color="gray", label="ideal")
+    for ax in (ax_e, ax_t):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("workers")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    ax_t.set_yscale("log")
+    ax_e.set_ylabel("efficiency (1 = no communication cost)")
+    ax_e.set_ylim(0, 1.05)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_workers(text):
+    """'8,16,32' or '8..4096' (powers of two) -> list of ints."""
+    try:
+        if ".." in text:
+            lo, hi = (int(x) for x in text.split(".."))
+            return [2 ** k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1)
+                    if lo <= 2 ** k <= hi]
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--workers {text!r}: want a list like 8,16,32 or a range 8..4096") \
+            from None
