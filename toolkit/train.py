@@ -7,6 +7,7 @@ strategy.synchronize_model(), so resuming from any checkpoint continues the same
 import math
 import os
 import socket
+import sys
 import time
 
 import torch
@@ -137,7 +138,8 @@ def train(args):
         loader = shard_loader(data.train, args.batch_size, ctx.rank, ctx.size, args.seed,
                               epoch, train=True, start_step=step_in_epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not ctx.is_root,
-                   mininterval=1.0, leave=False, dynamic_ncols=True)
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False,
+                   dynamic_ncols=True)
         epoch_meter.reset()
         for x, y in bar:
             t0 = time.perf_counter()
@@ -160,7 +162,7 @@ def train(args):
                 meter.add(loss.item(), correct, len(y), seconds)
             train_seconds += seconds
             train_images += len(y) * ctx.size
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", refresh=False)
             if step % args.log_interval == 0:
                 log.write("interval", epoch=epoch + 1, step=step, loss=interval.loss,
                           acc=interval.acc, lr=lr,
@@ -195,6 +197,8 @@ def train(args):
                         f"test_acc={test_acc:.4f}")
         if args.stop_after_epochs and epochs_this_run >= args.stop_after_epochs:
             stopped_by = f"--stop-after-epochs {args.stop_after_epochs}"
+            dist.root_print(ctx, f"stopped by {stopped_by} at step {step}: checkpoint "
+                            f"{ckpt_path}; continue with --resume")
             break
 
     vote.drain()

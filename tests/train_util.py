@@ -1,0 +1,46 @@
+"""Run launch.train in tests: on real ranks or as one plain process."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.mpi_util import REPO, run_ranks
+from toolkit.launcher import launcher_env
+
+FAST = ["--model", "small_cnn", "--dataset", "digits", "--batch-size", "32",
+        "--log-interval", "5", "--threads", "1"]
+
+
+def train_argv(*args):
+    return [sys.executable, "-m", "launch.train", *FAST, *map(str, args)]
+
+
+def train_ranks(np_, *args, launcher="mpirun", timeout=300, check=True):
+    return run_ranks(np_, train_argv(*args), launcher=launcher, timeout=timeout, check=check)
+
+
+def train_single(*args, timeout=300):
+    """One process, no launcher (Horovod of size 1)."""
+    env = launcher_env({"PYTHONPATH": REPO})
+    for var in [v for v in env if v.startswith(("OMPI_COMM_WORLD", "SLURM_", "HOROVOD_"))]:
+        del env[var]
+    return subprocess.run(train_argv(*args), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def records(out, kind):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def summary(out):
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)
+
+
+def final_line(proc):
+    # horovodrun over MPI tags every line with "[job,rank]<stdout>:".
+    lines = [l[l.index("final: "):] for l in proc.stdout.splitlines()
+             if l.startswith("final: ") or "]<stdout>:final: " in l]
+    assert lines, f"no final line in:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return lines[-1]
