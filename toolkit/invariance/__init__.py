@@ -1,0 +1,10 @@
+"""The invariance layer (scale invariance + GL(n) whitening folded into the weights).
+
+InvConv2d / InvLinear replace Conv2d(+BN) / Linear; the math runs in the C++/CUDA ops of
+toolkit._C (torch.ops.invariance).  See docs/invariance-layer.md.
+"""
+from . import ops
+from .modules import InvConv2d, InvLinear
+from .convert import convert_model
+
+__all__ = ["InvConv2d", "InvLinear", "convert_model", "ops"]

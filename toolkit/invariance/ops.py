@@ -1,0 +1,113 @@
+"""The invariance ops (torch.ops.invariance.*) from the compiled extension toolkit._C.
+
+Importing this module loads the extension (which registers the ops, their CPU/CUDA kernels
+and their autograd) and adds the shape functions that fake tensors, torch.compile and
+torch.library.opcheck need.  The helpers below are thin, typed entry points for the layer.
+"""
+import torch
+
+try:
+    from toolkit import _C
+except ImportError as exc:  # the layer has no Python fallback: say how to build it
+    raise ImportError(
+        "toolkit._C (the invariance-layer extension) is not built: run "
+        "`pip install -e .` or `python setup.py build_ext --inplace` in the repository "
+        f"({exc})") from exc
+
+ops = torch.ops.invariance
+WITH_CUDA = bool(_C.with_cuda)
+
+
+def patch_grid(height, width, kernel, padding, dilation, stride, batch):
+    """Number of sampled rows of the sampled im2col (see PatchGeometry in the C++ code)."""
+    if kernel[0] == 1 and kernel[1] == 1:
+        step = stride[0] * stride[1]
+        return (batch * height * width + step - 1) // step
+    eff_h = dilation[0] * (kernel[0] - 1) + 1
+    eff_w = dilation[1] * (kernel[1] - 1) + 1
+    rows_h = (height + 2 * padding[0] - eff_h) // stride[0] + 1
+    rows_w = (width + 2 * padding[1] - eff_w) // stride[1] + 1
+    return batch * rows_h * rows_w
+
+
+# ---- shape functions for fake tensors ----------------------------------------------------
+
+def _register_fakes():
+    lib = "invariance::"
+
+    @torch.library.register_fake(lib + "sample_norm_forward")
+    def _(x, norm_dims, eps):
+        return torch.empty_like(x), x.new_empty(x.shape[: x.dim() - norm_dims])
+
+    @torch.library.register_fake(lib + "sample_norm_backward")
+    def _(grad, y, sigma, norm_dims, eps):
+        return torch.empty_like(y)
+
+    @torch.library.register_fake(lib + "sampled_patches")
+    def _(x, kernel, padding, dilation, stride, groups, block):
+        n, c, h, w = x.shape
+        rows = patch_grid(h, w, kernel, padding, dilation, stride, n)
+        per_group = c // groups
+        blocks = per_group // block
+        return x.new_empty((groups, rows * blocks, block * kernel[0] * kernel[1]))
+
+    @torch.library.register_fake(lib + "sampled_patches_backward")
+    def _(grad, x, kernel, padding, dilation, stride, groups, block):
+        return grad.new_empty(x.shape)
+
+    @torch.library.register_fake(lib + "local_stats_forward")
+    def _(x, window, rf_eps):
+        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
+        return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
+
+    @torch.library.register_fake(lib + "local_stats_backward")
+    def _(grad_mean, grad_std, x, mean, var, window):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(lib + "ns_scalar_map")
+    def _(eigvals, norm, n_iter):
+        return torch.empty_like(eigvals), torch.empty_like(eigvals)
+
+    @torch.library.register_fake(lib + "ns_divided_differences")
+    def _(eigvals, norm, n_iter):
+        return eigvals.new_empty((eigvals.shape[0], eigvals.shape[1], eigvals.shape[1]))
+
+
+_register_fakes()
+
+
+# ---- entry points ----------------------------------------------------------------------
+
+def sample_norm(x, norm_dims, eps):
+    """(x - mean) / (std + eps) over the last `norm_dims` dimensions (unbiased std)."""
+    return ops.sample_norm(x, norm_dims, eps)
+
+
+def im2col_moments(x, kernel, padding, dilation, stride, groups, block):
+    """Mean (groups, d) and second moment (groups, d, d) of the sampled im2col vectors."""
+    return ops.im2col_moments(x, list(kernel), list(padding), list(dilation), list(stride),
+                              groups, block)
+
+
+def chunk_moments(x, block):
+    """Mean (1, B) and second moment (1, B, B) of the contiguous B-chunks of the features."""
+    return ops.chunk_moments(x, block)
+
+
+def inv_sqrt(sigma, n_iter, method):
+    """Newton-Schulz inverse square root of a batch (groups, d, d): 'newton' runs the
+    coupled loop (3n matrix products), 'spectral' evaluates the same polynomial through one
+    eigendecomposition."""
+    if method == "spectral":
+        return ops.inv_sqrt_spectral(sigma, n_iter)
+    return ops.inv_sqrt_newton(sigma, n_iter)
+
+
+def fold_weights(weight, whitening, mean, bias, groups, interleaved):
+    """(W~, b~): the whitening folded into the weights (see the spec, section 4)."""
+    return ops.fold_weights(weight, whitening, mean, bias, groups, interleaved)
+
+
+def local_stats(x, window, rf_eps):
+    """Local mean and std (N, 1, H, W) over window x window pixels and all channels."""
+    return ops.local_stats(x, window, rf_eps)
