@@ -1,0 +1,195 @@
+"""Communication-hiding benchmark: none / sync / local / dasgd on 2 ranks over a slow link.
+
+    python -m launch.bench_comm --json runs/bench_comm.json [--rate 800mbit]
+
+Needs root (`ip netns`, `tc`). Creates a private network namespace whose loopback is
+rate-limited by a token bucket filter, runs every strategy there with mpirun over TCP and
+with horovodrun --gloo, deletes the namespace, and prints step times, ratios to `none` and
+the fraction of communication hidden = (sync - dasgd) / (sync - none). Without --rate the
+link is chosen so that one model average takes about --comm-ratio x a step's compute.
+Ratios come from one run: the machine is shared, absolute times are not comparable.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios
+from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv, python_module
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STRATEGIES = ("none", "sync", "local", "dasgd")
+TRANSPORTS = ("mpi", "gloo")
+
+
+class SlowLoopback:
+    """A network namespace of our own whose `lo` is limited by tbf; removed on exit.
+
+    Only this namespace's loopback is touched: nothing outside it changes."""
+
+    def __init__(self, name):
+        self.name = name
+        self.rate = None
+
+    def __enter__(self):
+        proc = subprocess.run(["ip", "netns", "add", self.name], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: cannot create network namespace {self.name!r} "
+                             f"(needs root and iproute2): {proc.stderr.strip()}")
+        try:
+            self._ip("link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def _ip(self, *args):
+        subprocess.run(["ip", "-n", self.name, *args], check=True, capture_output=True)
+
+    def limit(self, rate):
+        """(Re)set the token bucket on lo: `rate` in tc syntax, e.g. 800mbit."""
+        subprocess.run(["ip", "netns", "exec", self.name, "tc", "qdisc", "replace", "dev", "lo",
+                        "root", "tbf", "rate", rate, "burst", "512kb", "latency", "50ms"],
+                       check=True, capture_output=True, text=True)
+        self.rate = rate
+
+    def unlimit(self):
+        subprocess.run(["ip", "netns", "exec", self.name, "tc", "qdisc", "del", "dev", "lo",
+                        "root"], capture_output=True)
+        self.rate = None
+
+    def run(self, argv, env, timeout):
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def job_env(extra=None):
+    env = launcher_env(extra)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_strategy(net, args, transport, strategy, out_dir, *, probe=0, timeline=None):
+    out = os.path.join(out_dir, f"{transport}-{strategy}.json")
+    worker = python_module("toolkit.bench.comm", "--strategy", strategy, "--out", out,
+                           "--model", args.model, "--image-size", args.image_size,
+                           "--batch-size", args.batch_size, "--steps", args.steps,
+                           "--warmup", args.warmup, "--period", args.period,
+                           "--delay", args.delay, "--threads", args.threads,
+                           "--probe-allreduce", probe)
+    if transport == "mpi":
+        argv = mpirun_argv(2, worker, tcp=True)
+    else:
+        argv = horovodrun_argv(2, worker, gloo=True)
+    extra = {"HOROVOD_TIMELINE": timeline} if timeline else {}
+    proc = net.run(argv, job_env(extra), timeout=args.job_timeout)
+    if proc.returncode != 0 or not os.path.exists(out):
+        raise SystemExit(f"error: {transport}/{strategy} run failed (exit {proc.returncode})\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def calibrate(net, args, out_dir, say):
+    """Pick a rate so that one model average takes ~comm_ratio x the compute of a step."""
+    net.unlimit()
+    compute = run_strategy(net, args, "mpi", "none", out_dir)
+    wire_bits = 2 * compute["model_bytes"] * 8  # 2 ranks: each sends ~ one model through lo
+    rate = format_rate(wire_bits / (args.comm_ratio * compute["step_s"]))
+    for attempt in range(2):
+        net.limit(rate)
+        probe = run_strategy(net, args, "mpi", "none", out_dir, probe=3)
+        measured = probe["allreduce_s"] / probe["step_s"]
+        say(f"calibration: step {probe['step_s']:.3f} s, average {probe['allreduce_s']:.3f} s "
+            f"at {rate} (ratio {measured:.2f}, target {args.comm_ratio})")
+        if abs(measured / args.comm_ratio - 1) < 0.2 or attempt == 1:
+            break
+        rate = format_rate(rate_bits_per_s(rate) * measured / args.comm_ratio)
+    return rate
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.rate is not None:
+        rate_bits_per_s(args.rate)
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    for t in transports:
+        if t not in TRANSPORTS:
+            raise SystemExit(f"error: --transports takes {','.join(TRANSPORTS)}, got {t!r}")
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+    out_dir = tempfile.mkdtemp(prefix="bench_comm_")
+    timeline_dir = os.path.dirname(os.path.abspath(args.json)) or "."
+    os.makedirs(timeline_dir, exist_ok=True)
+    report = {"model": args.model, "batch_per_rank": args.batch_size, "ranks": 2,
+              "steps": args.steps, "period": args.period, "delay": args.delay,
+              "threads_per_rank": args.threads, "by_transport": {}}
+    with SlowLoopback(f"tkbench{os.getpid()}") as net:
+        rate = args.rate or calibrate(net, args, out_dir, say)
+        net.limit(rate)
+        report["rate"] = rate
+        say(f"link: loopback in a private namespace, tbf rate {rate}")
+        for transport in transports:
+            results = {}
+            for strategy in STRATEGIES:
+                timeline = None
+                if strategy == "dasgd":
+                    timeline = os.path.join(timeline_dir, f"timeline_dasgd_{transport}.json")
+                results[strategy] = run_strategy(net, args, transport, strategy, out_dir,
+                                                 probe=3 if strategy == "none" else 0,
+                                                 timeline=timeline)
+                say(f"{transport:5s} {strategy:6s} step {results[strategy]['step_s']:.3f} s "
+                    f"(waiting on communication {results[strategy]['comm_wait_s_per_step']:.3f}"
+                    f" s/step)")
+            step_s = {s: r["step_s"] for s, r in results.items()}
+            entry = {"step_s": step_s, **ratios(step_s),
+                     "comm_wait_s_per_step": {s: r["comm_wait_s_per_step"]
+                                              for s, r in results.items()},
+                     "allreduce_s": results["none"]["allreduce_s"],
+                     "timeline": os.path.join(timeline_dir, f"timeline_dasgd_{transport}.json")}
+            entry["allreduce_over_compute"] = entry["allreduce_s"] / step_s["none"]
+            report["by_transport"][transport] = entry
+            hidden = entry["hidden_fraction"]
+            say(f"{transport}: dasgd/none {entry['dasgd_over_none']:.3f}  sync/none "
+                f"{entry['sync_over_none']:.3f}  local/none {entry['local_over_none']:.3f}  "
+                f"hidden fraction {'n/a' if hidden is None else f'{hidden:.2f}'}  "
+                f"(allreduce alone {entry['allreduce_s']:.3f} s = "
+                f"{entry['allreduce_over_compute']:.2f} x compute)")
+    # Top-level numbers: the first transport (mpirun over TCP by default); both are kept.
+    first = report["by_transport"][transports[0]]
+    report.update({k: first[k] for k in ("step_s", "dasgd_over_none", "sync_over_none",
+                                         "hidden_fraction")})
+    report["transport"] = transports[0]
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    say(f"wrote {args.json}")
+    return report
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m launch.bench_comm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", required=True, help="where to write the results")
+    p.add_argument("--rate", help="link rate in tc syntax (800mbit); default: calibrated")
+    p.add_argument("--comm-ratio", type=float, default=0.7,
+                   help="calibration target: model average time / step compute time")
+    p.add_argument("--transports", default="mpi,gloo", help="mpi,gloo or one of them")
+    p.add_argument("--model", default="resnet18_cifar")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="per rank")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per strategy")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--period", type=int, default=1, help="H for local and dasgd")
+    p.add_argument("--delay", type=int, default=1, help="d for dasgd")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")
+    return p
+
+
+if __name__ == "__main__":
+    main()
