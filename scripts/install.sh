@@ -38,7 +38,6 @@ echo "torch==$TORCH_VERSION" > $CONSTRAINTS
 if ! done_already "torch-$TORCH_VERSION"; then
     say "torch==$TORCH_VERSION (CPU wheel)"
     $PIP install "torch==$TORCH_VERSION"
-    $VENV/bin/python -c "import torch,sys; sys.exit('a CUDA torch was installed; expected the CPU wheel' if torch.version.cuda else 0)"
     stamp "torch-$TORCH_VERSION"
 fi
 
@@ -50,6 +49,7 @@ if ! done_already "deps-$DEPS_KEY"; then
     $PIP install -c $CONSTRAINTS $DEPS
     stamp "deps-$DEPS_KEY"
 fi
+$VENV/bin/python -c "import torch,sys; sys.exit('error: a CUDA build of torch is installed; expected the CPU wheel' if torch.version.cuda else 0)"
 
 # 4. mpi4py from source against the system mpicc (a wheel would bring its own MPI).
 if ! done_already "mpi4py-$MPI4PY_VERSION"; then
