@@ -67,7 +67,9 @@ class _Whitening(nn.Module):
         if self._use_batch_statistics():
             mean, whitening = self._whitening(*moments_fn(xhat))
             return self._fold(whitening, mean)
-        if self.training:  # frozen iteration: running buffers, no statistics
+        needs_graph = torch.is_grad_enabled() and any(
+            p.requires_grad for p in (self.weight, self.bias) if p is not None)
+        if self.training or needs_graph:  # frozen iteration, or gradients for the weights
             return self._fold(self.running_whitening, self.running_mean)
         tracked = [self.weight, self.running_mean, self.running_whitening]
         if self.bias is not None:
