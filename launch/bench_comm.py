@@ -117,7 +117,10 @@ def calibrate(net, args, out_dir, say):
 def main(argv=None):
     args = parser().parse_args(argv)
     if args.rate is not None:
-        rate_bits_per_s(args.rate)
+        try:
+            rate_bits_per_s(args.rate)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     for t in transports:
         if t not in TRANSPORTS:
@@ -133,7 +136,7 @@ def main(argv=None):
         rate = args.rate or calibrate(net, args, out_dir, say)
         net.limit(rate)
         report["rate"] = rate
-        say(f"link: loopback in a private namespace, tbf rate {rate}")
+        say(f"link: loopback in private namespace {net.name}, tbf rate {rate}")
         for transport in transports:
             results = {}
             for strategy in STRATEGIES:

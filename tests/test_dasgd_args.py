@@ -1,0 +1,53 @@
+"""Argument checking of the strategies and the benchmark arithmetic (no processes needed)."""
+import pytest
+import torch
+
+from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios
+from toolkit.dasgd import STRATEGY_NAMES, apply_stall_defaults, comm_timeout_s, make_strategy
+
+
+def _model_and_optimizer():
+    model = torch.nn.Linear(2, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_unknown_strategy_names_the_choices():
+    with pytest.raises(ValueError, match="unknown strategy 'dasdg'.*none, sync, local, dasgd"):
+        make_strategy("dasdg", *_model_and_optimizer())
+    assert STRATEGY_NAMES == ("none", "sync", "local", "dasgd")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"period": 0}, "period must be an integer >= 1, got 0"),
+    ({"delay": -1}, "delay must be an integer >= 0, got -1"),
+    ({"warmup_steps": 1.5}, "warmup_steps must be an integer >= 0, got 1.5"),
+    ({"period": True}, "period must be an integer >= 1, got True")])
+def test_bad_period_delay_warmup(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_strategy("dasgd", *_model_and_optimizer(), **kwargs)
+
+
+def test_stall_defaults_respect_the_user():
+    env = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "7"}
+    apply_stall_defaults(env)
+    assert env["HOROVOD_STALL_CHECK_TIME_SECONDS"] == "7"
+    assert env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "330"
+    assert comm_timeout_s({"TOOLKIT_COMM_TIMEOUT_S": "12.5"}) == 12.5
+    with pytest.raises(ValueError, match="TOOLKIT_COMM_TIMEOUT_S must be a number"):
+        comm_timeout_s({"TOOLKIT_COMM_TIMEOUT_S": "soon"})
+    with pytest.raises(ValueError, match="TOOLKIT_COMM_TIMEOUT_S must be > 0"):
+        comm_timeout_s({"TOOLKIT_COMM_TIMEOUT_S": "0"})
+
+
+def test_rates_and_ratios():
+    assert rate_bits_per_s("800mbit") == 8e8
+    assert rate_bits_per_s("1.5gbit") == 1.5e9
+    assert format_rate(3.014e8) == "301mbit"
+    for bad in ("fast", "800", "-5mbit", "0mbit", "800mb"):
+        with pytest.raises(ValueError, match="--rate must look like 800mbit"):
+            rate_bits_per_s(bad)
+    r = ratios({"none": 1.0, "sync": 1.8, "local": 2.0, "dasgd": 1.04})
+    assert r["dasgd_over_none"] == pytest.approx(1.04)
+    assert r["sync_over_none"] == pytest.approx(1.8)
+    assert r["hidden_fraction"] == pytest.approx(0.95)
+    assert ratios({"none": 1.0, "sync": 0.9, "dasgd": 1.0})["hidden_fraction"] is None

@@ -1,0 +1,62 @@
+"""Smoke test of the communication benchmark's real code path (namespace, tbf, mpirun over
+TCP, every strategy) with a tiny model and 2 timed steps. Ratios are not asserted here:
+speed is measured by `python -m launch.bench_comm`, not by tests."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.mpi_util import REPO
+
+pytestmark = pytest.mark.mpi
+
+
+def _can_make_namespace():
+    name = f"tkprobe{os.getpid()}"
+    try:
+        made = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+    if made:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return made
+
+
+def test_bench_comm_smoke(tmp_path):
+    if not _can_make_namespace():
+        pytest.skip("`ip netns add` failed: the benchmark needs root and iproute2")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.bench_comm", "--json", str(out), "--model", "small_cnn",
+         "--image-size", "8", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+         "--rate", "200mbit", "--transports", "mpi"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["rate"] == "200mbit"
+    assert set(report["step_s"]) == {"none", "sync", "local", "dasgd"}
+    assert all(v > 0 for v in report["step_s"].values())
+    for key in ("dasgd_over_none", "sync_over_none", "hidden_fraction"):
+        assert key in report
+    assert report["dasgd_over_none"] == pytest.approx(
+        report["step_s"]["dasgd"] / report["step_s"]["none"])
+    # The dasgd run wrote a Horovod timeline that shows its named averages.
+    timeline = report["by_transport"]["mpi"]["timeline"]
+    assert os.path.exists(timeline)
+    with open(timeline) as f:
+        assert "dasgd.avg" in f.read()
+    # The namespace is gone.
+    line = next(l for l in proc.stdout.splitlines() if "private namespace" in l)
+    namespace = line.split("private namespace ")[1].split(",")[0]
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert namespace.startswith("tkbench") and namespace not in names.split()
+
+
+def test_bench_comm_rejects_bad_rate(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "launch.bench_comm", "--json",
+                           str(tmp_path / "x.json"), "--rate", "fast"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "--rate must look like 800mbit" in proc.stderr
