@@ -52,10 +52,34 @@ EOF
 echo "--- horovodrun --check-build ---"
 HVDRUN="$(dirname "$PY")/horovodrun"
 [ -x "$HVDRUN" ] || HVDRUN="$(command -v horovodrun || true)"
-if [ -n "$HVDRUN" ]; then
-    "$PY" "$HVDRUN" --check-build 2>&1 | sed -n '1,40p'
-else
+# --check-build starts a Python per framework (~10 s); its answer depends only on the
+# Horovod build, so it is cached under a key made of the build's shared libraries (path,
+# size, mtime): a rebuilt or different Horovod gets a fresh check.
+KEY="$("$PY" -c '
+import hashlib, importlib.util, os
+root = os.path.dirname(importlib.util.find_spec("horovod").origin)
+h = hashlib.sha1(root.encode())
+for d, _, files in sorted(os.walk(root)):
+    for f in sorted(files):
+        if f.endswith(".so"):
+            st = os.stat(os.path.join(d, f))
+            h.update(f"{d}/{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+print(h.hexdigest()[:16])' 2>/dev/null)"
+CACHE_DIR="${TOOLKIT_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/toolkit}"
+CACHE="$CACHE_DIR/horovod-check-build-$KEY.txt"
+if [ -z "$HVDRUN" ]; then
     echo "horovodrun: not found"
+elif [ -n "$KEY" ] && [ -s "$CACHE" ]; then
+    echo "(cached result for this Horovod build, key $KEY, from $(date -r "$CACHE" -Is))"
+    cat "$CACHE"
+else
+    out="$("$PY" "$HVDRUN" --check-build 2>&1)"
+    rc=$?
+    printf '%s\n' "$out" | sed -n '1,40p'
+    if [ $rc -eq 0 ] && [ -n "$KEY" ] && mkdir -p "$CACHE_DIR" 2>/dev/null; then
+        # Write, then rename: a concurrent job never reads a half-written file.
+        printf '%s\n' "$out" > "$CACHE.$$" && mv -f "$CACHE.$$" "$CACHE"
+    fi
 fi
 
 if command -v nvidia-smi >/dev/null 2>&1; then

@@ -86,6 +86,7 @@ class SlurmCluster:
         self.host = socket.gethostname().split(".")[0]
         self.conf = os.path.join(self.root, "etc", "slurm.conf")
         self.munge_socket = os.path.join(self.root, "munge", "munge.socket")
+        self.extra_env = {}  # added to env(): jobs inherit the submitter's environment
 
     def path(self, *parts):
         return os.path.join(self.root, *parts)
@@ -96,6 +97,7 @@ class SlurmCluster:
     def env(self, base=None):
         """Environment in which sbatch/sinfo/scontrol talk to this cluster."""
         env = dict(os.environ if base is None else base)
+        env.update(self.extra_env)
         env["SLURM_CONF"] = self.conf
         env["PATH"] = env.get("PATH", "") + os.pathsep + "/usr/sbin"
         return env

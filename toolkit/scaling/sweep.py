@@ -124,13 +124,14 @@ def sbatch_argv(cfg, *, workers, job_name, run_dir, train_args):
 
 
 def plan(cfg):
-    """All jobs of the sweep, in submission order (small jobs first: they start sooner)."""
+    """All jobs of the sweep, in submission order: fewest workers first, so that small jobs
+    are not queued behind big ones (FIFO schedulers) and can share nodes meanwhile."""
     validate(cfg)
     out = os.path.abspath(cfg.out)
     jobs = []
-    for mode in cfg.modes:
-        for strategy in cfg.strategies:
-            for n in sorted(cfg.workers):
+    for n in sorted(cfg.workers):
+        for mode in cfg.modes:
+            for strategy in cfg.strategies:
                 per_rank = cfg.batch_size if mode == "weak" else strong_global_batch(cfg) // n
                 run_dir = os.path.join(out, f"{mode}-{strategy}-n{n}")
                 train = [*cfg.train_args, "--strategy", strategy, "--batch-size", str(per_rank),
