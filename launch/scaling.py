@@ -83,8 +83,10 @@ def parser():
                         "several sizes, else assumed 5e-6)")
     j.add_argument("--overlap", type=float, default=None,
                    help="share of a step that overlaps sync's allreduce (default: calibrated)")
-    j.add_argument("--period", type=int, default=1, help="dasgd H")
-    j.add_argument("--delay", type=int, default=1, help="dasgd d")
+    j.add_argument("--period", type=int, default=None,
+                   help="dasgd H (default: the benchmark's, else 1)")
+    j.add_argument("--delay", type=int, default=None,
+                   help="dasgd d (default: the benchmark's, else 1)")
     j.add_argument("--batch-per-rank", type=int, default=None, help="for images/s")
     j.add_argument("--workers", default="8..4096", help="8,16,... or a range 8..4096")
     j.add_argument("--out", default="runs/projection",

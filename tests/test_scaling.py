@@ -193,10 +193,13 @@ def test_projection_model_from_bench_json(tmp_path):
     # calibrated overlap reproduces the measured sync step exactly at p=2
     assert model.step_s("sync", 2) == pytest.approx(1.6)
     assert model.overlap == pytest.approx(0.3)
+    # dasgd's measured cost beyond the model (1.1 - 1.0) is kept as a per-step overhead
+    assert model.dasgd_overhead_s == pytest.approx(0.1)
+    assert model.step_s("dasgd", 2) == pytest.approx(1.1)
     rows = pj.project(model, [8, 64, 4096], m.batch_per_rank)
     for r in rows:
         t = model.allreduce_s(r["workers"])
-        assert r["dasgd_step_s"] == pytest.approx(1.0 + max(0.0, t - 1.0))
+        assert r["dasgd_step_s"] == pytest.approx(1.0 + max(0.0, t - 1.0) + 0.1)
         assert r["sync_step_s"] == pytest.approx(1.0 + max(0.0, t - 0.3))
         assert r["sync_efficiency"] == pytest.approx(1.0 / r["sync_step_s"])
         assert r["dasgd_images_per_s"] == pytest.approx(r["workers"] * 32 / r["dasgd_step_s"])
@@ -245,11 +248,32 @@ def test_project_cli_flags_and_errors(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_projection_reads_transport_sections(tmp_path):
-    path = tmp_path / "t.json"
-    section = {"step_s": {"none": 1.0, "sync": 1.2}, "allreduce_s": 0.3, "bytes": 1e7,
-               "world_size": 2}
-    path.write_text(json.dumps({"mpi": section, "gloo": dict(section, allreduce_s=0.4)}))
+def test_projection_reads_bench_comm_layout(tmp_path):
+    """launch.bench_comm's layout: first transport's step times on top, every transport
+    (with its allreduce timing) under by_transport, the model by name (no byte count)."""
+    def section(none, sync, dasgd, allreduce):
+        return {"step_s": {"none": none, "sync": sync, "local": sync, "dasgd": dasgd},
+                "allreduce_s": allreduce, "hidden_fraction": 0.7}
+    mpi, gloo = section(0.8, 1.1, 0.87, 0.5), section(0.9, 1.2, 0.95, 0.6)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"model": "small_cnn", "batch_per_rank": 32, "ranks": 2,
+                                "period": 2, "delay": 1, "by_transport": {"mpi": mpi,
+                                                                          "gloo": gloo},
+                                "step_s": mpi["step_s"], "transport": "mpi"}))
+    from models import build_model
+    nbytes = 4 * sum(p.numel() for p in build_model("small_cnn", num_classes=10).parameters())
+    m = measured_inputs(str(path))  # top level + the mpi section's allreduce
+    assert (m.compute_s, m.workers, m.bytes, m.period) == (0.8, 2, nbytes, 2)
+    assert m.points == [(2, nbytes, 0.5)] and "small_cnn" in m.bytes_note
+    g = measured_inputs(str(path), "gloo")
+    assert (g.compute_s, g.sync_s, g.points) == (0.9, 1.2, [(2, nbytes, 0.6)])
+    assert pj.calibrate(g, alpha=1e-6)[0].period == 2  # the benchmark's H by default
+    with pytest.raises(ValueError, match="--transport 'tcp' not in"):
+        measured_inputs(str(path), "tcp")
+    del_top = json.loads(path.read_text())
+    for k in ("step_s", "transport"):
+        del del_top[k]
+    path.write_text(json.dumps(del_top))
     with pytest.raises(ValueError, match="choose one with --transport"):
         measured_inputs(str(path))
-    assert measured_inputs(str(path), "gloo").points == [(2, 1e7, 0.4)]
+    assert measured_inputs(str(path), "mpi", nbytes=1e6).points == [(2, 1e6, 0.5)]

@@ -31,6 +31,9 @@ class Measured:
     dasgd_s: float = None     # measured step of dasgd (shown as a model check)
     batch_per_rank: int = None
     source: str = "flags"
+    bytes_note: str = ""
+    period: int = None        # dasgd H and d of the benchmark (defaults of the projection)
+    delay: int = None
 
 
 def _pick(d, keys):
@@ -40,23 +43,50 @@ def _pick(d, keys):
     return None
 
 
-def _select_section(data, path, transport):
-    """The dict holding `step_s`: the top level, or one transport section (mpi, gloo...)."""
+def _sections(data):
+    """Per-transport sections: data["by_transport"][name] (bench_comm) or data[name]."""
+    nested = data.get("by_transport")
+    pool = nested if isinstance(nested, dict) else data
+    return {k: v for k, v in pool.items() if isinstance(v, dict) and "step_s" in v}
+
+
+def _lookup_chain(data, path, transport):
+    """Dicts to read values from, most specific first.
+
+    bench_comm writes the first transport's step times at the top level and every
+    transport (with its allreduce timing) under by_transport; --transport picks one."""
+    sections = _sections(data)
+    if transport is not None:
+        if transport not in sections:
+            raise ValueError(f"--transport {transport!r} not in {path} (has "
+                             f"{', '.join(sorted(sections)) or 'no transport sections'})")
+        return [sections[transport], data]
     if "step_s" in data:
-        return data
-    sections = {k: v for k, v in data.items() if isinstance(v, dict) and "step_s" in v}
+        first = sections.get(data.get("transport"))
+        return [data] + ([first] if first else [])
     if not sections:
         raise ValueError(f"{path} has no 'step_s' (per-strategy step times), at the top "
                          f"level or in a section")
-    if transport is None:
-        if len(sections) > 1:
-            raise ValueError(f"{path} has sections {', '.join(sorted(sections))}: choose one "
-                             f"with --transport")
-        return next(iter(sections.values()))
-    if transport not in sections:
-        raise ValueError(f"--transport {transport!r} not in {path} (has "
-                         f"{', '.join(sorted(sections))})")
-    return sections[transport]
+    if len(sections) > 1:
+        raise ValueError(f"{path} has sections {', '.join(sorted(sections))}: choose one "
+                         f"with --transport")
+    return [next(iter(sections.values())), data]
+
+
+def _first(chain, keys):
+    for d in chain:
+        value = _pick(d, keys)
+        if value is not None:
+            return value
+    return None
+
+
+def model_bytes(name):
+    """float32 bytes of the parameters of a toolkit model (what one average moves)."""
+    from models import build_model
+
+    model = build_model(name, num_classes=10)
+    return 4.0 * sum(p.numel() for p in model.parameters())
 
 
 def _series(raw, workers, path):
@@ -88,22 +118,31 @@ def load_bench(path, transport=None):
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object")
-    sec = _select_section(data, path, transport)
-    step = sec["step_s"]
+    chain = _lookup_chain(data, path, transport)
+    step = _first(chain, ("step_s",))
     if not isinstance(step, dict) or "none" not in step:
         raise ValueError(f"{path}: step_s must map strategy -> seconds and include 'none'")
-    workers = _pick(sec, WORKERS_KEYS) or _pick(data, WORKERS_KEYS)
-    nbytes = _pick(sec, BYTES_KEYS) or _pick(data, BYTES_KEYS)
+    workers = _first(chain, WORKERS_KEYS)
+    nbytes = _first(chain, BYTES_KEYS)
+    bytes_note = f"message size from {path}"
+    if nbytes is None and _first(chain, ("model",)):
+        name = _first(chain, ("model",))
+        try:
+            nbytes = model_bytes(name)
+        except ValueError as exc:
+            raise ValueError(f"{path}: no message size and model {name!r} unknown ({exc}); "
+                             f"pass --bytes") from None
+        bytes_note = f"message size = float32 parameters of {name}, counted"
     out = {"compute_s": step["none"], "sync_s": step.get("sync"), "dasgd_s": step.get("dasgd"),
-           "workers": workers, "bytes": nbytes,
-           "batch_per_rank": _pick(sec, BATCH_KEYS) or _pick(data, BATCH_KEYS)}
-    series = _pick(sec, SERIES_KEYS) or _pick(data, SERIES_KEYS)
-    single = _pick(sec, ALLREDUCE_KEYS) or _pick(data, ALLREDUCE_KEYS)
+           "workers": workers, "bytes": nbytes, "bytes_note": bytes_note,
+           "batch_per_rank": _first(chain, BATCH_KEYS),
+           "period": _first(chain, ("period",)), "delay": _first(chain, ("delay",))}
+    series = _first(chain, SERIES_KEYS)
+    single = _first(chain, ALLREDUCE_KEYS)
     out["points"] = []
     if isinstance(series, (list, dict)):
         out["points"] = _series(series, int(workers or 2), path)
-    if single is not None and nbytes is not None:
-        out["points"].append((int(workers or 2), float(nbytes), float(single)))
+    out["allreduce_s"] = single if isinstance(single, (int, float)) else None
     return out
 
 
@@ -114,11 +153,15 @@ def measured_inputs(bench=None, transport=None, *, compute_s=None, allreduce_s=N
     compute = compute_s if compute_s is not None else got.get("compute_s")
     p = int(workers or got.get("workers") or 2)
     size = nbytes if nbytes is not None else got.get("bytes")
+    note = "message size from --bytes" if nbytes is not None else got.get("bytes_note", "")
     points = list(got["points"])
-    if allreduce_s is not None:
+    single = allreduce_s if allreduce_s is not None else got.get("allreduce_s")
+    if single is not None:
         if size is None:
-            raise ValueError("--allreduce-s needs the message size: pass --bytes")
-        points = [(p, float(size), float(allreduce_s))]
+            raise ValueError("an allreduce time needs the message size: pass --bytes")
+        if allreduce_s is not None:
+            points = []  # a timing given on the command line replaces the JSON's
+        points.append((p, float(size), float(single)))
     if compute is None:
         raise ValueError("no compute time per step: pass --bench (with step_s.none) or --compute-s")
     if not points:
@@ -134,7 +177,8 @@ def measured_inputs(bench=None, transport=None, *, compute_s=None, allreduce_s=N
     return Measured(compute_s=float(compute), points=points, workers=p, bytes=float(size),
                     sync_s=got.get("sync_s"), dasgd_s=got.get("dasgd_s"),
                     batch_per_rank=batch_per_rank or got.get("batch_per_rank"),
-                    source=bench or "flags")
+                    source=bench or "flags", bytes_note=note,
+                    period=got.get("period"), delay=got.get("delay"))
 
 
 def ring_allreduce_s(p, nbytes, alpha, beta):
