@@ -45,3 +45,14 @@ def test_four_epochs_equal_two_plus_resume_plus_two(tmp_path, strategy):
     for key in model_a:
         assert torch.equal(model_a[key], model_b[key]), key
     assert summary(straight)["test_acc"] == summary(sliced)["test_acc"]
+
+
+def test_the_main_job_defaults_train_inv_with_dasgd_to_90_percent(tmp_path):
+    """`make run`'s configuration (small CNN, invariance layer, DaSGD, 2 ranks via
+    horovodrun), shortened to 4 epochs."""
+    out = tmp_path / "main"
+    proc = train_ranks(2, "--epochs", "4", "--out", out, launcher="horovodrun")
+    s = summary(out)
+    assert (s["model"], s["norm"], s["strategy"], s["world_size"]) == \
+        ("small_cnn", "inv", "dasgd", 2)
+    assert s["test_acc"] >= 0.9, final_line(proc)
