@@ -104,6 +104,17 @@ def test_sweep_cli_dry_run_prints_commands(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_sweep_wrapper_script_dry_run(tmp_path):
+    proc = subprocess.run([os.path.join(REPO, "slurm", "sweep.sh"), "--workers", "2,4",
+                           "--modes", "strong", "--strategies", "dasgd", "--global-batch", "64",
+                           "--out", str(tmp_path / "s"), "--dry-run", "--", "--epochs", "1"],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert [("--batch-size 32" in lines[0]), ("--batch-size 16" in lines[1])] == [True, True]
+    assert all(os.path.join(REPO, "slurm", "train.sbatch") in line for line in lines)
+
+
 # ---------------------------------------------------------------- report
 
 def test_report_speedup_efficiency_and_outputs(tmp_path):

@@ -100,9 +100,10 @@ def test_template_reports_missing_python(cluster, tmp_path):
 def test_sweep_and_report(cluster, tmp_path):
     out = tmp_path / "sweep"
     cli = [sys.executable, "-m", "launch.scaling"]
-    proc = subprocess.run(cli + ["sweep", "--workers", "1,2", "--batch-size", "16",
-                                 "--out", str(out), "--wait", "--timeout", str(JOB_TIMEOUT),
-                                 "--", *TINY],
+    # Through the user-facing wrapper slurm/sweep.sh (= python -m launch.scaling sweep).
+    proc = subprocess.run([os.path.join(REPO, "slurm", "sweep.sh"), "--workers", "1,2",
+                           "--batch-size", "16", "--out", str(out), "--wait",
+                           "--timeout", str(JOB_TIMEOUT), "--", *TINY],
                           cwd=REPO, env=cluster.env(), capture_output=True, text=True,
                           timeout=JOB_TIMEOUT + 60)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
