@@ -34,7 +34,8 @@ def _invariance_module():
     """
     try:
         import toolkit.invariance as invariance
-    except ImportError as exc:
+        invariance.InvConv2d, invariance.InvLinear  # noqa: B018 (a half-built package fails here)
+    except (ImportError, AttributeError) as exc:
         raise ImportError(
             f"norm='inv' needs toolkit.invariance (the compiled invariance layer), "
             f"which failed to import: {exc}") from exc
