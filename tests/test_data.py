@@ -105,6 +105,18 @@ def test_cifar_through_shard_loader_sets_epoch(tmp_path):
     assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
 
 
+def test_cifar_resumed_mid_epoch_sees_the_same_augmented_batches(tmp_path):
+    _fake_cifar(tmp_path, "cifar10")
+    args = dict(batch_size=3, rank=0, world_size=2, seed=4, epoch=2, train=True)
+    full = list(shard_loader(load_dataset("cifar10", str(tmp_path), seed=4).train, **args))
+    # A new process (fresh dataset, its epoch never set before) resuming at step 2.
+    fresh = load_dataset("cifar10", str(tmp_path), seed=4).train
+    resumed = list(shard_loader(fresh, start_step=2, **args))
+    assert len(full) == 5 and len(resumed) == 3
+    for (x_full, y_full), (x_res, y_res) in zip(full[2:], resumed):
+        assert torch.equal(x_full, x_res) and torch.equal(y_full, y_res)
+
+
 def test_cifar100_fine_labels(tmp_path):
     written = _fake_cifar(tmp_path / "cifar-100-python", "cifar100")
     bundle = load_dataset("cifar100", str(tmp_path))
