@@ -170,11 +170,16 @@ Tensor inv_sqrt_newton_backward(const Tensor& grad, const Tensor& sigma, const T
 
 std::tuple<Tensor, Tensor, Tensor> inv_sqrt_spectral_forward(const Tensor& sigma, int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_spectral", n_iter);
-  auto [lam, Q] = at::linalg_eigh(sigma);
-  auto c = sigma.square().sum({-2, -1}).sqrt();
+  // fp32 eigenvalues carry an absolute error of ~1e-7 ||Sigma||; with many iterations the map
+  // is steep at small eigenvalues, so decompose in fp64 there (and whenever d is small).
+  const bool promote =
+      sigma.scalar_type() == at::kFloat && (n_iter > 7 || sigma.size(-1) <= 128);
+  auto s = promote ? sigma.to(at::kDouble) : sigma;
+  auto [lam, Q] = at::linalg_eigh(s);
+  auto c = s.square().sum({-2, -1}).sqrt();
   auto psi = std::get<0>(call_scalar_map(lam, c, n_iter));
-  auto D = at::bmm(Q * psi.unsqueeze(-2), Q.mT());
-  return {D, Q, lam};
+  auto D = at::bmm(Q * psi.unsqueeze(-2), Q.mT()).to(sigma.scalar_type());
+  return {D, Q.to(sigma.scalar_type()).contiguous(), lam.to(sigma.scalar_type())};
 }
 
 // Daleckii-Krein: dSigma = Q (K o (Q^T dD Q)) Q^T with K the divided differences of the scalar

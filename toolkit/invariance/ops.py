@@ -72,6 +72,49 @@ def _register_fakes():
     def _(eigvals, norm, n_iter):
         return eigvals.new_empty((eigvals.shape[0], eigvals.shape[1], eigvals.shape[1]))
 
+    # Ops built from ATen in C++ (CompositeExplicitAutograd) get shape functions too, so
+    # that fake tensors never run C++ code that re-enters the dispatcher.
+    @torch.library.register_fake(lib + "sample_norm")
+    def _(x, norm_dims, eps):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(lib + "im2col_moments")
+    def _(x, kernel, padding, dilation, stride, groups, block):
+        d = block * kernel[0] * kernel[1]
+        return x.new_empty((groups, d)), x.new_empty((groups, d, d))
+
+    @torch.library.register_fake(lib + "im2col_moments_backward")
+    def _(grad_mean, grad_second, x, kernel, padding, dilation, stride, groups, block):
+        return torch.empty_like(x)
+
+    for name in ("inv_sqrt_newton", "inv_sqrt_spectral", "inv_sqrt_newton_backward",
+                 "inv_sqrt_spectral_backward"):
+        torch.library.register_fake(lib + name)(
+            lambda grad_or_sigma, *rest: torch.empty_like(rest[0] if rest and isinstance(
+                rest[0], torch.Tensor) else grad_or_sigma))
+
+    @torch.library.register_fake(lib + "inv_sqrt_newton_forward")
+    def _(sigma, n_iter):
+        return torch.empty_like(sigma), sigma.new_empty((n_iter, 2, *sigma.shape))
+
+    @torch.library.register_fake(lib + "inv_sqrt_spectral_forward")
+    def _(sigma, n_iter):
+        return torch.empty_like(sigma), torch.empty_like(sigma), sigma.new_empty(sigma.shape[:2])
+
+    @torch.library.register_fake(lib + "fold_weights")
+    def _(weight, whitening, mean, bias, groups, interleaved):
+        return torch.empty_like(weight), torch.empty_like(bias)
+
+    @torch.library.register_fake(lib + "fold_weights_backward")
+    def _(grad_weight, grad_bias, weight, whitening, mean, folded, groups, interleaved):
+        return (torch.empty_like(weight), torch.empty_like(whitening), torch.empty_like(mean),
+                torch.empty_like(grad_bias))
+
+    @torch.library.register_fake(lib + "local_stats")
+    def _(x, window, rf_eps):
+        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
+        return x.new_empty(shape), x.new_empty(shape)
+
 
 _register_fakes()
 

@@ -1,0 +1,175 @@
+"""The ops of toolkit._C one by one: opcheck, gradcheck, and the spectral path vs the loop."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.invariance_reference import conv_vectors, local_stats, moments, newton_schulz
+from toolkit.invariance import ops as inv
+
+OPS = torch.ops.invariance
+PATCH = ([3, 3], [1, 1], [1, 1], [2, 2], 1, 2)  # kernel, padding, dilation, stride, groups, block
+
+
+def spd(batch, d, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, d, d, generator=g, dtype=dtype)
+    return a @ a.mT / d + 0.1 * torch.eye(d, dtype=dtype)
+
+
+def x4(seed=0, shape=(2, 4, 7, 6), grad=False):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(grad)
+
+
+def op_samples():
+    """(op, args) for every op of the library."""
+    x = x4(grad=True)
+    sigma = spd(2, 5).requires_grad_()
+    lam = torch.linalg.eigvalsh(spd(2, 5))
+    norm = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    patches = OPS.sampled_patches(x.detach(), *PATCH)
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    d_conv = torch.randn(1, 18, 18, dtype=torch.float64, requires_grad=True)
+    mu_conv = torch.randn(1, 18, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    folded = OPS.fold_weights(w.detach(), d_conv.detach(), mu_conv.detach(), b.detach(), 2 // 2,
+                              True)[0]
+    y, s = OPS.sample_norm_forward(x.detach(), 3, 1e-5)
+    m, _, v = OPS.local_stats_forward(x.detach(), 5, 1.0)
+    n_iter = 4
+    _, trace = OPS.inv_sqrt_newton_forward(sigma.detach(), n_iter)
+    _, q, lam_s = OPS.inv_sqrt_spectral_forward(sigma.detach(), n_iter)
+    g3 = torch.randn(2, 5, 5, dtype=torch.float64)
+    d = x.detach()
+    return [
+        (OPS.sample_norm, (x, 3, 1e-5)),
+        (OPS.sample_norm_forward, (d, 3, 1e-5)),
+        (OPS.sample_norm_backward, (torch.randn_like(y), y, s, 3, 1e-5)),
+        (OPS.sampled_patches, (d, *PATCH)),
+        (OPS.sampled_patches_backward, (torch.randn_like(patches), d, *PATCH)),
+        (OPS.im2col_moments, (x, *PATCH)),
+        (OPS.im2col_moments_backward, (torch.randn(1, 18, dtype=torch.float64),
+                                       torch.randn(1, 18, 18, dtype=torch.float64), d, *PATCH)),
+        (OPS.chunk_moments, (torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True), 3)),
+        (OPS.inv_sqrt_newton, (sigma, n_iter)),
+        (OPS.inv_sqrt_newton_forward, (sigma.detach(), n_iter)),
+        (OPS.inv_sqrt_newton_backward, (g3, sigma.detach(), trace, n_iter)),
+        (OPS.inv_sqrt_spectral, (sigma, n_iter)),
+        (OPS.inv_sqrt_spectral_forward, (sigma.detach(), n_iter)),
+        (OPS.inv_sqrt_spectral_backward, (g3, sigma.detach(), q, lam_s, n_iter)),
+        (OPS.ns_scalar_map, (lam, norm, n_iter)),
+        (OPS.ns_divided_differences, (lam, norm, n_iter)),
+        (OPS.fold_weights, (w, d_conv, mu_conv, b, 1, True)),
+        (OPS.fold_weights_backward, (torch.randn_like(folded), torch.randn(6, dtype=torch.float64),
+                                     w.detach(), d_conv.detach(), mu_conv.detach(), folded, 1,
+                                     True)),
+        (OPS.local_stats, (x, 5, 1.0)),
+        (OPS.local_stats_forward, (d, 5, 1.0)),
+        (OPS.local_stats_backward, (torch.randn_like(m), torch.randn_like(m), d, m, v, 5)),
+    ]
+
+
+def test_every_op_is_covered():
+    declared = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+                if name.startswith("invariance::")}
+    covered = {op._qualified_op_name.split("::")[-1] for op, _ in op_samples()}
+    assert len(declared) == 21 and declared == covered
+
+
+@pytest.mark.parametrize("index", range(21))
+def test_opcheck(index):
+    op, args = op_samples()[index]
+    torch.library.opcheck(op, args)
+
+
+def test_gradcheck_each_differentiable_op():
+    x = x4(grad=True)
+    assert torch.autograd.gradcheck(lambda t: OPS.sample_norm(t, 3, 1e-5), (x,))
+    for patch in (PATCH, ([1, 1], [0, 0], [1, 1], [2, 3], 2, 1), ([3, 2], [2, 0], [2, 1],
+                                                                   [1, 2], 2, 2)):
+        assert torch.autograd.gradcheck(lambda t: OPS.im2col_moments(t, *patch), (x,))
+    assert torch.autograd.gradcheck(lambda t: OPS.local_stats(t, 5, 1.0), (x,))
+    sigma = spd(2, 5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s: OPS.inv_sqrt_newton(s, 5), (sigma,))
+    # eigh reads one triangle: check the spectral path on symmetric inputs
+    assert torch.autograd.gradcheck(lambda s: OPS.inv_sqrt_spectral((s + s.mT) / 2, 5), (sigma,))
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    dd = torch.randn(2, 18, 18, dtype=torch.float64, requires_grad=True)
+    mu = torch.randn(2, 18, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: OPS.fold_weights(*a, 2, True), (w, dd, mu, b))
+    wl = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    dl = torch.randn(1, 4, 4, dtype=torch.float64, requires_grad=True)
+    ml = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    bl = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: OPS.fold_weights(*a, 1, False), (wl, dl, ml, bl))
+
+
+def test_moments_equal_explicit_unfold():
+    x = x4(shape=(3, 6, 9, 8)).float()
+    for kernel, pad, dil, stride, groups, block in [((3, 3), (1, 1), (1, 1), (3, 3), 1, 2),
+                                                   ((1, 1), (0, 0), (1, 1), (6, 6), 1, 3),
+                                                   ((5, 5), (2, 2), (1, 1), (2, 2), 2, 3),
+                                                   ((3, 3), (2, 2), (2, 2), (3, 3), 3, 2)]:
+        mean, second = inv.im2col_moments(x, kernel, pad, dil, stride, groups, block)
+        ref_mean, ref_second = moments(conv_vectors(x, kernel, pad, dil, stride, groups, block))
+        assert torch.allclose(mean, ref_mean, atol=1e-6)
+        assert torch.allclose(second, ref_second, atol=1e-5)
+
+
+def test_local_stats_equal_box_filter_reference():
+    x = x4(shape=(2, 3, 9, 7))
+    for window in (3, 7, 15):
+        mean, std = OPS.local_stats(x, window, 1.0)
+        ref_mean, ref_std = local_stats(x, window)
+        assert torch.allclose(mean, ref_mean, atol=1e-12)
+        assert torch.allclose(std, ref_std, atol=1e-12)
+
+
+def near_equal_spectrum(dtype):
+    lam = torch.tensor([1.0, 1.0 + 1e-7, 1.0 + 2e-7, 0.5, 0.5 + 1e-6, 0.05, 1e-3, 1e-4, 1e-4,
+                        1e-5], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(10, 10, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(7)))
+    return ((q * lam) @ q.t()).unsqueeze(0).to(dtype)
+
+
+@pytest.mark.parametrize("n_iter", [5, 15])
+def test_spectral_equals_newton_loop_in_fp32(n_iter):
+    for sigma in (spd(3, 24, torch.float32, seed=3), near_equal_spectrum(torch.float32),
+                  spd(1, 64, torch.float32, seed=4)):
+        a = sigma.clone().requires_grad_()
+        b = sigma.clone().requires_grad_()
+        da = OPS.inv_sqrt_spectral(a, n_iter)
+        db = OPS.inv_sqrt_newton(b, n_iter)
+        scale = db.abs().max()
+        assert (da - db).abs().max() <= 2e-4 * scale
+        g = torch.randn_like(da)
+        da.backward(g)
+        db.backward(g)
+        assert (a.grad - b.grad).abs().max() <= 2e-3 * b.grad.abs().max()
+        # and the loop itself equals the reference loop
+        assert (db - newton_schulz(sigma.double(), n_iter).float()).abs().max() <= 2e-4 * scale
+
+
+def test_divided_differences_for_near_equal_eigenvalues():
+    lam = torch.tensor([[0.3, 0.3, 0.3 + 1e-12, 0.7]], dtype=torch.float64)
+    norm = torch.tensor([1.2], dtype=torch.float64)
+    k = OPS.ns_divided_differences(lam, norm, 5)
+    psi = lambda v: OPS.ns_scalar_map(v, norm, 5)[0]  # noqa: E731
+    h = 1e-6
+    deriv = (psi(lam + h) - psi(lam - h)) / (2 * h)
+    assert torch.allclose(k[0].diagonal(), deriv[0], rtol=1e-6)
+    assert torch.allclose(k[0, 0, 1], deriv[0, 0], rtol=1e-6)
+    secant = (psi(lam)[0, 3] - psi(lam)[0, 0]) / (0.7 - 0.3)
+    assert torch.allclose(k[0, 0, 3], secant, rtol=1e-9)
+
+
+def test_ops_reject_bad_shapes():
+    with pytest.raises(RuntimeError, match="block"):
+        OPS.sampled_patches(x4(), [3, 3], [1, 1], [1, 1], [1, 1], 1, 3)
+    with pytest.raises(RuntimeError, match="square"):
+        OPS.inv_sqrt_newton(torch.randn(2, 3, 4), 5)
+    with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
+        OPS.sampled_patches(x4(shape=(1, 2, 2, 2)), [5, 5], [0, 0], [1, 1], [1, 1], 1, 1)
+    assert F is not None
