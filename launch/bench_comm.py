@@ -3,8 +3,9 @@
     python -m launch.bench_comm --json runs/bench_comm.json [--rate 800mbit]
 
 Needs root (`ip netns`, `tc`). Creates a private network namespace whose loopback is
-rate-limited by a token bucket filter, runs every strategy there with mpirun over TCP and
-with horovodrun --gloo, deletes the namespace, and prints step times, ratios to `none` and
+rate-limited by a token bucket filter, runs one 2-rank job with mpirun over TCP and one
+with horovodrun --gloo in which the strategies take turns (so they share the machine's
+load), deletes the namespace, and prints step times, ratios to `none` and
 the fraction of communication hidden = (sync - dasgd) / (sync - none). Without --rate the
 link is chosen so that one model average takes about --comm-ratio x a step's compute.
 Ratios come from one run: the machine is shared, absolute times are not comparable.
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios
+from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios, timeline_rounds
 from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,14 +76,16 @@ def job_env(extra=None):
     return env
 
 
-def run_strategy(net, args, transport, strategy, out_dir, *, probe=0, timeline=None):
-    out = os.path.join(out_dir, f"{transport}-{strategy}.json")
-    worker = python_module("toolkit.bench.comm", "--strategy", strategy, "--out", out,
-                           "--model", args.model, "--image-size", args.image_size,
-                           "--batch-size", args.batch_size, "--steps", args.steps,
-                           "--warmup", args.warmup, "--period", args.period,
-                           "--delay", args.delay, "--threads", args.threads,
-                           "--probe-allreduce", probe)
+def run_job(net, args, transport, strategies, out_dir, *, probe=0, rounds=None,
+            timeline=None):
+    """One 2-rank job in the namespace in which `strategies` take turns; its result dict."""
+    out = os.path.join(out_dir, f"{transport}-{'-'.join(strategies)}.json")
+    worker = python_module("toolkit.bench.comm", "--strategies", ",".join(strategies),
+                           "--out", out, "--model", args.model,
+                           "--image-size", args.image_size, "--batch-size", args.batch_size,
+                           "--rounds", rounds or args.rounds, "--block-steps", args.block_steps,
+                           "--period", args.period, "--delay", args.delay,
+                           "--threads", args.threads, "--probe-allreduce", probe)
     if transport == "mpi":
         argv = mpirun_argv(2, worker, tcp=True)
     else:
@@ -90,8 +93,9 @@ def run_strategy(net, args, transport, strategy, out_dir, *, probe=0, timeline=N
     extra = {"HOROVOD_TIMELINE": timeline} if timeline else {}
     proc = net.run(argv, job_env(extra), timeout=args.job_timeout)
     if proc.returncode != 0 or not os.path.exists(out):
-        raise SystemExit(f"error: {transport}/{strategy} run failed (exit {proc.returncode})\n"
-                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"error: {transport} job ({','.join(strategies)}) failed "
+                         f"(exit {proc.returncode})\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-3000:]}")
     with open(out) as f:
         return json.load(f)
 
@@ -99,15 +103,16 @@ def run_strategy(net, args, transport, strategy, out_dir, *, probe=0, timeline=N
 def calibrate(net, args, out_dir, say):
     """Pick a rate so that one model average takes ~comm_ratio x the compute of a step."""
     net.unlimit()
-    compute = run_strategy(net, args, "mpi", "none", out_dir)
+    compute = run_job(net, args, "mpi", ["none"], out_dir, rounds=1)
     wire_bits = 2 * compute["model_bytes"] * 8  # 2 ranks: each sends ~ one model through lo
-    rate = format_rate(wire_bits / (args.comm_ratio * compute["step_s"]))
+    rate = format_rate(wire_bits / (args.comm_ratio * compute["step_s"]["none"]))
     for attempt in range(2):
         net.limit(rate)
-        probe = run_strategy(net, args, "mpi", "none", out_dir, probe=3)
-        measured = probe["allreduce_s"] / probe["step_s"]
-        say(f"calibration: step {probe['step_s']:.3f} s, average {probe['allreduce_s']:.3f} s "
-            f"at {rate} (ratio {measured:.2f}, target {args.comm_ratio})")
+        probe = run_job(net, args, "mpi", ["none"], out_dir, probe=3, rounds=1)
+        measured = probe["allreduce_s"] / probe["step_s"]["none"]
+        say(f"calibration: step {probe['step_s']['none']:.3f} s, average "
+            f"{probe['allreduce_s']:.3f} s at {rate} (ratio {measured:.2f}, target "
+            f"{args.comm_ratio})")
         if abs(measured / args.comm_ratio - 1) < 0.2 or attempt == 1:
             break
         rate = format_rate(rate_bits_per_s(rate) * measured / args.comm_ratio)
@@ -125,37 +130,36 @@ def main(argv=None):
     for t in transports:
         if t not in TRANSPORTS:
             raise SystemExit(f"error: --transports takes {','.join(TRANSPORTS)}, got {t!r}")
+    for label, value in (("--rounds", args.rounds), ("--block-steps", args.block_steps - 1)):
+        if value < 1:
+            raise SystemExit(f"error: {label} is too small (rounds >= 1, block steps >= 2)")
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     out_dir = tempfile.mkdtemp(prefix="bench_comm_")
-    timeline_dir = os.path.dirname(os.path.abspath(args.json)) or "."
+    timeline_dir = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(timeline_dir, exist_ok=True)
     report = {"model": args.model, "batch_per_rank": args.batch_size, "ranks": 2,
-              "steps": args.steps, "period": args.period, "delay": args.delay,
-              "threads_per_rank": args.threads, "by_transport": {}}
+              "rounds": args.rounds, "block_steps": args.block_steps, "period": args.period,
+              "delay": args.delay, "threads_per_rank": args.threads, "by_transport": {}}
     with SlowLoopback(f"tkbench{os.getpid()}") as net:
         rate = args.rate or calibrate(net, args, out_dir, say)
         net.limit(rate)
         report["rate"] = rate
         say(f"link: loopback in private namespace {net.name}, tbf rate {rate}")
         for transport in transports:
-            results = {}
+            timeline = os.path.join(timeline_dir, f"timeline_dasgd_{transport}.json")
+            result = run_job(net, args, transport, list(STRATEGIES), out_dir, probe=3,
+                             timeline=timeline)
+            step_s = result["step_s"]
             for strategy in STRATEGIES:
-                timeline = None
-                if strategy == "dasgd":
-                    timeline = os.path.join(timeline_dir, f"timeline_dasgd_{transport}.json")
-                results[strategy] = run_strategy(net, args, transport, strategy, out_dir,
-                                                 probe=3 if strategy == "none" else 0,
-                                                 timeline=timeline)
-                say(f"{transport:5s} {strategy:6s} step {results[strategy]['step_s']:.3f} s "
-                    f"(waiting on communication {results[strategy]['comm_wait_s_per_step']:.3f}"
-                    f" s/step)")
-            step_s = {s: r["step_s"] for s, r in results.items()}
+                say(f"{transport:5s} {strategy:6s} step {step_s[strategy]:.3f} s (waiting on "
+                    f"communication {result['comm_wait_s_per_step'][strategy]:.3f} s/step)")
             entry = {"step_s": step_s, **ratios(step_s),
-                     "comm_wait_s_per_step": {s: r["comm_wait_s_per_step"]
-                                              for s, r in results.items()},
-                     "allreduce_s": results["none"]["allreduce_s"],
-                     "timeline": os.path.join(timeline_dir, f"timeline_dasgd_{transport}.json")}
+                     "comm_wait_s_per_step": result["comm_wait_s_per_step"],
+                     "step_s_per_rank": result["step_s_per_rank"],
+                     "timed_steps_per_strategy": result["timed_steps_per_strategy"],
+                     "allreduce_s": result["allreduce_s"], "timeline": timeline}
             entry["allreduce_over_compute"] = entry["allreduce_s"] / step_s["none"]
+            entry["timeline_rounds"] = rounds = timeline_rounds(timeline)
             report["by_transport"][transport] = entry
             hidden = entry["hidden_fraction"]
             say(f"{transport}: dasgd/none {entry['dasgd_over_none']:.3f}  sync/none "
@@ -163,6 +167,10 @@ def main(argv=None):
                 f"hidden fraction {'n/a' if hidden is None else f'{hidden:.2f}'}  "
                 f"(allreduce alone {entry['allreduce_s']:.3f} s = "
                 f"{entry['allreduce_over_compute']:.2f} x compute)")
+            if rounds["allreduce_s"] is not None and rounds["launch_interval_s"]:
+                say(f"{transport}: timeline: each dasgd.avg allreduce ran "
+                    f"{rounds['allreduce_s']:.3f} s of the {rounds['launch_interval_s']:.3f} s "
+                    f"between launches, i.e. under the next step's compute")
     # Top-level numbers: the first transport (mpirun over TCP by default); both are kept.
     first = report["by_transport"][transports[0]]
     report.update({k: first[k] for k in ("step_s", "dasgd_over_none", "sync_over_none",
@@ -185,8 +193,10 @@ def parser():
     p.add_argument("--model", default="resnet18_cifar")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per strategy")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="turns every strategy takes (the order rotates each round)")
+    p.add_argument("--block-steps", type=int, default=4,
+                   help="steps per turn; the first of each turn is not timed")
     p.add_argument("--period", type=int, default=1, help="H for local and dasgd")
     p.add_argument("--delay", type=int, default=1, help="d for dasgd")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")

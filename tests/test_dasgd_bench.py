@@ -1,5 +1,5 @@
 """Smoke test of the communication benchmark's real code path (namespace, tbf, mpirun over
-TCP, every strategy) with a tiny model and 2 timed steps. Ratios are not asserted here:
+TCP, every strategy) with a tiny model and 2 timed steps each. Ratios are not asserted here:
 speed is measured by `python -m launch.bench_comm`, not by tests."""
 import json
 import os
@@ -30,7 +30,7 @@ def test_bench_comm_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "launch.bench_comm", "--json", str(out), "--model", "small_cnn",
-         "--image-size", "8", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+         "--image-size", "8", "--batch-size", "4", "--rounds", "1", "--block-steps", "3",
          "--rate", "200mbit", "--transports", "mpi"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,11 +1,12 @@
 """Per-rank part of the communication-hiding benchmark, and the arithmetic on its results.
 
-Every rank trains a model on synthetic CIFAR-shaped batches (generated here from a seeded
-torch generator, so no dataset is needed) under one strategy and times each step; rank 0
-writes the per-step medians of all ranks as JSON. launch/bench_comm.py starts these jobs
+Every rank trains one model copy per strategy on synthetic CIFAR-shaped batches (generated
+here from a seeded torch generator, so no dataset is needed); the strategies take turns in
+blocks of steps within one job, so all of them see the same machine load, and rank 0
+writes each strategy's median step time (slowest rank) as JSON. launch/bench_comm.py starts these jobs
 inside a rate-limited network namespace and compares the strategies.
 
-    python -m toolkit.bench.comm --strategy dasgd --out result.json [--probe-allreduce 3]
+    python -m toolkit.bench.comm --strategies none,sync,local,dasgd --out result.json
 """
 import argparse
 import json
@@ -44,6 +45,34 @@ def ratios(step_s):
     return out
 
 
+def timeline_rounds(path, tensor="dasgd.avg"):
+    """From a Horovod timeline: how long each allreduce of `tensor` ran and how far apart
+    the rounds started. An allreduce lasting most of the interval between two launches,
+    while the step time stays at `none`'s, is the communication running under compute."""
+    with open(path) as f:
+        text = f.read().rstrip().rstrip(",")
+    events = json.loads(text if text.endswith("]") else text + "]")
+    pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+            and tensor in str(e.get("args", {}).get("name", ""))}
+    starts, durations, open_spans = [], [], {}
+    for e in events:
+        if e.get("pid") not in pids or e.get("ph") not in ("B", "E"):
+            continue
+        stack = open_spans.setdefault(e["pid"], [])
+        if e["ph"] == "B":
+            stack.append((e.get("name"), e["ts"]))
+            if e.get("name") == "NEGOTIATE_ALLREDUCE":
+                starts.append(e["ts"])
+        elif stack:
+            name, begin = stack.pop()
+            if name == "ALLREDUCE":
+                durations.append((e["ts"] - begin) / 1e6)
+    gaps = [(b - a) / 1e6 for a, b in zip(starts, starts[1:])]
+    return {"rounds": len(durations),
+            "allreduce_s": statistics.median(durations) if durations else None,
+            "launch_interval_s": statistics.median(gaps) if gaps else None}
+
+
 def synthetic_batches(count, batch_size, channels, image_size, num_classes, seed):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch_size, channels, image_size, image_size, generator=gen),
@@ -63,50 +92,75 @@ def probe_allreduce(hvd, numel, repeats):
     return statistics.median(times)
 
 
+class _Contender:
+    """One strategy with its own model copy (same init), so strategies can take turns."""
+
+    def __init__(self, name, args, make_strategy, build_model):
+        torch.manual_seed(args.seed)
+        self.name = name
+        self.model = build_model(args.model, num_classes=10, in_channels=3,
+                                 image_size=args.image_size, norm="bn")
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
+                                    weight_decay=5e-4)
+        self.strategy = make_strategy(name, self.model, optimizer, period=args.period,
+                                      delay=args.delay)
+        self.times, self.waits = [], []
+
+    def step(self, x, y, loss_fn, timed):
+        wait_before = self.strategy.comm_wait_s
+        start = time.perf_counter()
+        self.strategy.optimizer.zero_grad()
+        loss_fn(self.model(x), y).backward()
+        self.strategy.step()
+        if timed:
+            self.times.append(time.perf_counter() - start)
+            self.waits.append(self.strategy.comm_wait_s - wait_before)
+
+
 def run_worker(args):
+    """All strategies in one job, taking turns in blocks of steps (the order rotates every
+    round), so that they all see the same load on a shared machine."""
     from toolkit.dasgd import apply_stall_defaults, make_strategy
     apply_stall_defaults()
     import horovod.torch as hvd
     hvd.init()
     torch.set_num_threads(args.threads)
     from models import build_model
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, num_classes=10, in_channels=3, image_size=args.image_size,
-                        norm="bn")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    strategy = make_strategy(args.strategy, model, optimizer, period=args.period,
-                             delay=args.delay)
+    names = [n for n in args.strategies.split(",") if n]
+    contenders = [_Contender(n, args, make_strategy, build_model) for n in names]
     batches = synthetic_batches(4, args.batch_size, 3, args.image_size, 10,
                                 seed=args.seed * 1000 + hvd.rank())
     loss_fn = torch.nn.CrossEntropyLoss()
-    times, wait_at_start = [], 0.0
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            wait_at_start = strategy.comm_wait_s
-        x, y = batches[step % len(batches)]
-        start = time.perf_counter()
-        strategy.optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
-        strategy.step()
-        times.append(time.perf_counter() - start)
-    measured = times[args.warmup:]
-    mine = torch.tensor([statistics.median(measured),
-                         (strategy.comm_wait_s - wait_at_start) / len(measured)],
-                        dtype=torch.float64)
-    # Every rank completes its collectives before anyone leaves (no round left in flight).
-    strategy.flush()
-    everyone = hvd.allgather(mine.unsqueeze(0), name="bench.result")
+    step = 0
+    for rnd in range(args.rounds):
+        shift = rnd % len(contenders)
+        for c in contenders[shift:] + contenders[:shift]:
+            for i in range(args.block_steps):
+                x, y = batches[step % len(batches)]
+                step += 1
+                # The first step of a block has no average in flight to merge (the last
+                # block's was flushed): it is not timed.
+                c.step(x, y, loss_fn, timed=i > 0)
+            c.strategy.flush()  # nothing in flight while another strategy runs
+    mine = torch.tensor([[statistics.median(c.times), statistics.mean(c.waits)]
+                         for c in contenders], dtype=torch.float64)
+    everyone = hvd.allgather(mine.unsqueeze(0), name="bench.result")  # ranks x strategies x 2
+    model = contenders[0].model
     numel = sum(p.numel() for p in model.parameters()) + sum(
         b.numel() for b in model.buffers() if b.is_floating_point())
     probe = probe_allreduce(hvd, numel, args.probe_allreduce) if args.probe_allreduce else None
     if hvd.rank() == 0:
-        result = {"strategy": args.strategy, "model": args.model, "ranks": hvd.size(),
-                  "batch_per_rank": args.batch_size, "steps": args.steps,
+        result = {"model": args.model, "ranks": hvd.size(), "batch_per_rank": args.batch_size,
+                  "rounds": args.rounds, "block_steps": args.block_steps,
+                  "timed_steps_per_strategy": len(contenders[0].times),
                   "period": args.period, "delay": args.delay,
                   # The job moves at the pace of its slowest rank.
-                  "step_s": float(everyone[:, 0].max()),
-                  "step_s_per_rank": everyone[:, 0].tolist(),
-                  "comm_wait_s_per_step": float(everyone[:, 1].max()),
+                  "step_s": {c.name: float(everyone[:, i, 0].max())
+                             for i, c in enumerate(contenders)},
+                  "step_s_per_rank": {c.name: everyone[:, i, 0].tolist()
+                                      for i, c in enumerate(contenders)},
+                  "comm_wait_s_per_step": {c.name: float(everyone[:, i, 1].max())
+                                           for i, c in enumerate(contenders)},
                   "model_bytes": 4 * numel, "allreduce_s": probe}
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
@@ -115,13 +169,15 @@ def run_worker(args):
 def worker_parser():
     p = argparse.ArgumentParser(prog="python -m toolkit.bench.comm",
                                 description="one rank of the communication-hiding benchmark")
-    p.add_argument("--strategy", required=True, choices=("none", "sync", "local", "dasgd"))
+    p.add_argument("--strategies", default="none,sync,local,dasgd",
+                   help="comma-separated, taking turns in one job")
     p.add_argument("--out", required=True, help="JSON written by rank 0")
     p.add_argument("--model", default="resnet18_cifar")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="turns of every strategy")
+    p.add_argument("--block-steps", type=int, default=4,
+                   help="steps per turn (the first one untimed)")
     p.add_argument("--period", type=int, default=1)
     p.add_argument("--delay", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
