@@ -115,7 +115,8 @@ class SlurmCluster:
             os.chmod(key, 0o600)
         lines = [
             "ClusterName=toolkit-test",
-            f"SlurmctldHost={self.host}",
+            # Explicit loopback addresses: works even where the host name does not resolve.
+            f"SlurmctldHost={self.host}(127.0.0.1)",
             "SlurmUser=root",
             "SlurmdUser=root",
             f"SlurmctldPort={_free_port()}",
@@ -145,7 +146,8 @@ class SlurmCluster:
             "SlurmdTimeout=60",
             "InactiveLimit=0",
             "KillWait=5",
-            f"NodeName={self.host} CPUs={self.cpus} RealMemory={self.real_memory_mb} State=UNKNOWN",
+            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} "
+            f"RealMemory={self.real_memory_mb} State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
         ]
         with open(self.conf, "w") as f:

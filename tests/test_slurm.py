@@ -128,6 +128,12 @@ def test_sweep_and_report(cluster, tmp_path):
     assert os.path.getsize(out / "scaling_report.png") > 10_000
     assert "| strong | dasgd | 2 |" in report.stdout
 
+    # `wait` finds the sweep's job ids in the run directories; all of them completed.
+    waited = subprocess.run(cli + ["wait", str(out), "--timeout", "60"], cwd=REPO,
+                            env=cluster.env(), capture_output=True, text=True, timeout=120)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.count(": COMPLETED") == 8
+
     # Re-running the sweep never overwrites finished runs.
     again = subprocess.run(cli + ["sweep", "--workers", "1,2", "--batch-size", "16",
                                   "--out", str(out), "--", *TINY],

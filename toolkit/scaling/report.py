@@ -136,10 +136,10 @@ def plot(table, path):
     for (mode, strategy), rs in groups.items():
         label = strategy if mode == "-" else f"{mode} {strategy}"
         xs = [r.workers for r in rs]
-        ax_t.plot(xs, [r.images_per_s for r in rs], "o-", label=label)
-        ax_e.plot(xs, [r.efficiency for r in rs], "o-", label=label)
+        line, = ax_t.plot(xs, [r.images_per_s for r in rs], "o-", label=label)
+        ax_e.plot(xs, [r.efficiency for r in rs], "o-", label=label, color=line.get_color())
         ideal = [rs[0].images_per_s * x / rs[0].workers for x in xs]
-        ax_t.plot(xs, ideal, ":", color="gray", linewidth=1)
+        ax_t.plot(xs, ideal, ":", color=line.get_color(), linewidth=1)
     for ax in (ax_t, ax_e):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("workers")
