@@ -176,8 +176,18 @@ class SlurmCluster:
             return ""
 
     def start(self, timeout=60):
+        """Install if needed, configure, start the three daemons, wait for an idle node.
+        On failure the daemons already started are stopped before the error propagates."""
         ensure_installed()
         self._write_config()
+        try:
+            self._start_daemons(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_daemons(self, timeout):
         self._start("munged", [_which("munged"), "--force",
                                f"--key-file={self.path('munge', 'munge.key')}",
                                f"--socket={self.munge_socket}",
@@ -188,7 +198,6 @@ class SlurmCluster:
         self._start("slurmctld", [_which("slurmctld"), "-i", "-f", self.conf])
         self._start("slurmd", [_which("slurmd"), "-f", self.conf])
         self.wait_idle(timeout)
-        return self
 
     def wait_idle(self, timeout):
         deadline = time.time() + timeout
