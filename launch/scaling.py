@@ -95,7 +95,6 @@ def parser():
 
 
 def cmd_sweep(args):
-    from toolkit.scaling.slurm_jobs import wait_for_jobs
     from toolkit.scaling.sweep import SweepConfig, format_command, plan, submit_all
 
     train = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
