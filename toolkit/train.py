@@ -41,6 +41,14 @@ def evaluate(model, dataset, ctx, batch_size):
     return loss_sum / n, correct / n
 
 
+def default_threads(ranks_on_node):
+    """OMP_NUM_THREADS when the launcher set it (SLURM templates do), else the cores this
+    process may run on (cgroups/affinity, not the whole node) shared by the node's ranks."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, len(os.sched_getaffinity(0)) // ranks_on_node)
+
+
 def run_config(args, ctx):
     """What a checkpoint must agree with to be resumed by this run."""
     return {"model": args.model, "norm": args.norm, "dataset": args.dataset,
@@ -54,7 +62,7 @@ def train(args):
     from toolkit.dasgd import make_strategy
 
     ctx = dist.init()
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ctx.local_size))
+    torch.set_num_threads(args.threads or default_threads(ctx.local_size))
     out = args.out
     ckpts = Checkpointer(os.path.join(out, "checkpoints"), keep=args.keep)
 
