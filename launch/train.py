@@ -75,7 +75,8 @@ def parser():
                         "(time-sliced jobs; continue with --resume)")
     g.add_argument("--log-interval", type=int, default=10, help="steps per metrics line")
     g.add_argument("--threads", type=int, default=0,
-                   help="torch threads per rank (0: cores / ranks on this node)")
+                   help="torch threads per rank (0: $OMP_NUM_THREADS, else the cores this "
+                        "process may use / ranks on this node)")
     return p
 
 
