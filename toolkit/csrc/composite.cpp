@@ -4,6 +4,8 @@
 // gradients from the autograd kernels in autograd.cpp.
 #include <torch/library.h>
 
+#include <ATen/ATen.h>
+
 #include "invariance.h"
 
 namespace invariance {

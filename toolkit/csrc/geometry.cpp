@@ -1,4 +1,6 @@
 // Shape bookkeeping of the sampled im2col, shared by the CPU and CUDA kernels.
+#include <ATen/ATen.h>
+
 #include "invariance.h"
 
 namespace invariance {

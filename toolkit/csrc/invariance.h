@@ -9,7 +9,7 @@
 //   cuda/*.cu, cuda/*.cpp CUDA kernels and their registration
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 
@@ -55,5 +55,28 @@ std::tuple<at::Tensor, at::Tensor> ns_scalar_map(const at::Tensor& lam, const at
                                                  int64_t n_iter);
 at::Tensor ns_divided_differences(const at::Tensor& lam, const at::Tensor& norm, int64_t n_iter);
 }  // namespace cpu
+
+// CUDA kernels (toolkit/csrc/cuda), same contracts as the CPU ones.
+namespace cuda {
+std::tuple<at::Tensor, at::Tensor> sample_norm_forward(const at::Tensor& x, int64_t norm_dims,
+                                                       double eps);
+at::Tensor sample_norm_backward(const at::Tensor& grad, const at::Tensor& y,
+                                const at::Tensor& sigma, int64_t norm_dims, double eps);
+at::Tensor sampled_patches(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, at::IntArrayRef stride, int64_t groups,
+                           int64_t block);
+at::Tensor sampled_patches_backward(const at::Tensor& grad, const at::Tensor& x,
+                                    at::IntArrayRef kernel, at::IntArrayRef padding,
+                                    at::IntArrayRef dilation, at::IntArrayRef stride,
+                                    int64_t groups, int64_t block);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> local_stats_forward(const at::Tensor& x,
+                                                                   int64_t window, double rf_eps);
+at::Tensor local_stats_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
+                                const at::Tensor& x, const at::Tensor& mean,
+                                const at::Tensor& var, int64_t window);
+std::tuple<at::Tensor, at::Tensor> ns_scalar_map(const at::Tensor& lam, const at::Tensor& norm,
+                                                 int64_t n_iter);
+at::Tensor ns_divided_differences(const at::Tensor& lam, const at::Tensor& norm, int64_t n_iter);
+}  // namespace cuda
 
 }  // namespace invariance

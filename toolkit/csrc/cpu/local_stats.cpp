@@ -7,6 +7,8 @@
 #include <cmath>
 #include <vector>
 
+#include <ATen/ATen.h>
+
 #include "invariance.h"
 
 namespace invariance {

@@ -2,6 +2,8 @@
 // and the matrix of divided differences (Daleckii-Krein kernel of the backward).
 #include <ATen/Parallel.h>
 
+#include <ATen/ATen.h>
+
 #include "invariance.h"
 #include "ns_scalar.h"
 

@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <cmath>
 
+#include <ATen/ATen.h>
+
 #include "invariance.h"
 
 namespace invariance {

@@ -1,0 +1,47 @@
+// Helpers shared by the CUDA kernels of the invariance layer.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+
+namespace invariance {
+namespace cuda {
+
+constexpr int kThreads = 256;
+
+inline int64_t blocks_for(int64_t n, int threads = kThreads) {
+  return (n + threads - 1) / threads;
+}
+
+inline void check_cuda(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.is_cuda(), what, ": expected a CUDA tensor");
+}
+
+// Sum over the block; every thread gets the total.  shared must hold 33 doubles and
+// blockDim.x must be a multiple of 32.
+__device__ inline double block_sum(double v, double* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? shared[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    if (lane == 0) shared[32] = v;
+  }
+  __syncthreads();
+  const double total = shared[32];
+  __syncthreads();
+  return total;
+}
+
+}  // namespace cuda
+}  // namespace invariance
