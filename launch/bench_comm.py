@@ -13,6 +13,7 @@ Ratios come from one run: the machine is shared, absolute times are not comparab
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,8 +66,36 @@ class SlowLoopback:
         self.rate = None
 
     def run(self, argv, env, timeout):
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        """Run a job in the namespace, in its own process group so that a timeout or an
+        interrupt takes down mpirun/horovodrun AND their ranks, not just the launcher."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *argv], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _kill_group(proc):
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _exit_on_sigterm(signum, frame):
+    # SystemExit unwinds the `with SlowLoopback` block: the job is killed, the namespace
+    # deleted.
+    raise SystemExit(f"bench_comm: stopped by signal {signum}")
 
 
 def job_env(extra=None):
@@ -134,6 +163,7 @@ def main(argv=None):
         if value < 1:
             raise SystemExit(f"error: {label} is too small (rounds >= 1, block steps >= 2)")
     say = lambda *a: print(*a, flush=True)  # noqa: E731
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     out_dir = tempfile.mkdtemp(prefix="bench_comm_")
     timeline_dir = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(timeline_dir, exist_ok=True)

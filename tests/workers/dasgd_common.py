@@ -7,10 +7,8 @@ from torch import nn
 
 
 def init_horovod():
-    from toolkit.dasgd import apply_stall_defaults
-    apply_stall_defaults()  # before hvd.init(): Horovod reads the stall settings there
-    import horovod.torch as hvd
-    hvd.init()
+    from toolkit.dasgd import init_horovod
+    hvd = init_horovod()  # stall settings before hvd.init(), Horovod's threads reniced
     torch.set_num_threads(1)
     return hvd
 

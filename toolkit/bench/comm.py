@@ -120,10 +120,8 @@ class _Contender:
 def run_worker(args):
     """All strategies in one job, taking turns in blocks of steps (the order rotates every
     round), so that they all see the same load on a shared machine."""
-    from toolkit.dasgd import apply_stall_defaults, make_strategy
-    apply_stall_defaults()
-    import horovod.torch as hvd
-    hvd.init()
+    from toolkit.dasgd import init_horovod, make_strategy
+    hvd = init_horovod()
     torch.set_num_threads(args.threads)
     from models import build_model
     names = [n for n in args.strategies.split(",") if n]

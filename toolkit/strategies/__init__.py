@@ -1,6 +1,7 @@
 """Training strategies over Horovod: none, sync, local and dasgd (see toolkit.dasgd)."""
 from .base import Strategy
 from .baselines import NoCommunication, SyncSGD
+from .comm_threads import COMM_NICE_ENV, init_horovod
 from .delayed_averaging import DaSGD, LocalSGD
 from .watchdog import COMM_TIMEOUT_ENV, apply_stall_defaults, comm_timeout_s
 
@@ -31,5 +32,5 @@ def make_strategy(name, model, optimizer, *, period=1, delay=1, warmup_steps=0):
     return DaSGD(model, optimizer, period=period, delay=delay, warmup_steps=warmup_steps)
 
 
-__all__ = ["Strategy", "NoCommunication", "SyncSGD", "DaSGD", "LocalSGD", "STRATEGY_NAMES",
+__all__ = ["init_horovod", "COMM_NICE_ENV", "Strategy", "NoCommunication", "SyncSGD", "DaSGD", "LocalSGD", "STRATEGY_NAMES",
            "make_strategy", "apply_stall_defaults", "comm_timeout_s", "COMM_TIMEOUT_ENV"]
