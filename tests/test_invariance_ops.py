@@ -50,6 +50,9 @@ def op_samples():
         (OPS.im2col_moments, (x, *PATCH)),
         (OPS.im2col_moments_backward, (torch.randn(1, 18, dtype=torch.float64),
                                        torch.randn(1, 18, 18, dtype=torch.float64), d, *PATCH)),
+        (OPS.patch_moments, (patches,)),
+        (OPS.patch_moments_backward, (torch.randn(1, 18, dtype=torch.float64),
+                                      torch.randn(1, 18, 18, dtype=torch.float64), patches)),
         (OPS.chunk_moments, (torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True), 3)),
         (OPS.inv_sqrt_newton, (sigma, n_iter)),
         (OPS.inv_sqrt_newton_forward, (sigma.detach(), n_iter)),
@@ -73,10 +76,10 @@ def test_every_op_is_covered():
     declared = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
                 if name.startswith("invariance::")}
     covered = {op._qualified_op_name.split("::")[-1] for op, _ in op_samples()}
-    assert len(declared) == 21 and declared == covered
+    assert len(declared) == 23 and declared == covered
 
 
-@pytest.mark.parametrize("index", range(21))
+@pytest.mark.parametrize("index", range(23))
 def test_opcheck(index):
     op, args = op_samples()[index]
     torch.library.opcheck(op, args)

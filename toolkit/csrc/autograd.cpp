@@ -20,10 +20,6 @@ c10::TypedOperatorHandle<Sig> typed(const char* name) {
 }
 
 using IntArr = at::IntArrayRef;
-using PatchSig = std::tuple<Tensor, Tensor>(const Tensor&, IntArr, IntArr, IntArr, IntArr,
-                                            int64_t, int64_t);
-using PatchBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, IntArr, IntArr, IntArr,
-                           IntArr, int64_t, int64_t);
 
 // ---- sample_norm ---------------------------------------------------------------------------
 
@@ -61,13 +57,18 @@ Tensor sample_norm_plain(const Tensor& x, int64_t dims, double eps) {
 
 // ---- im2col_moments ------------------------------------------------------------------------
 
+// The sampled patches X are kept from the forward: the backward needs them for dX = X A.
 struct Moments : public torch::autograd::Function<Moments> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, IntArr k, IntArr p,
                                IntArr dl, IntArr s, int64_t groups, int64_t block) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto h = typed<PatchSig>("invariance::im2col_moments");
-    auto [mu, S] = h.call(x, k, p, dl, s, groups, block);
-    ctx->save_for_backward({x});
+    static auto patches = typed<Tensor(const Tensor&, IntArr, IntArr, IntArr, IntArr, int64_t,
+                                       int64_t)>("invariance::sampled_patches");
+    static auto moments = typed<std::tuple<Tensor, Tensor>(const Tensor&)>(
+        "invariance::patch_moments");
+    auto X = patches.call(x, k, p, dl, s, groups, block);
+    auto [mu, S] = moments.call(X);
+    ctx->save_for_backward({x, X});
     ctx->saved_data["k"] = k.vec();
     ctx->saved_data["p"] = p.vec();
     ctx->saved_data["dl"] = dl.vec();
@@ -77,12 +78,17 @@ struct Moments : public torch::autograd::Function<Moments> {
     return {mu, S};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto h = typed<PatchBwdSig>("invariance::im2col_moments_backward");
+    static auto moments_bwd = typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
+        "invariance::patch_moments_backward");
+    static auto patches_bwd = typed<Tensor(const Tensor&, const Tensor&, IntArr, IntArr, IntArr,
+                                           IntArr, int64_t, int64_t)>(
+        "invariance::sampled_patches_backward");
     auto& sd = ctx->saved_data;
-    auto x = ctx->get_saved_variables()[0];
-    auto gx = h.call(grads[0], grads[1], x, sd["k"].toIntVector(), sd["p"].toIntVector(),
-                     sd["dl"].toIntVector(), sd["s"].toIntVector(), sd["groups"].toInt(),
-                     sd["block"].toInt());
+    auto saved = ctx->get_saved_variables();
+    auto gX = moments_bwd.call(grads[0], grads[1], saved[1]);
+    auto gx = patches_bwd.call(gX, saved[0], sd["k"].toIntVector(), sd["p"].toIntVector(),
+                               sd["dl"].toIntVector(), sd["s"].toIntVector(),
+                               sd["groups"].toInt(), sd["block"].toInt());
     return {gx, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

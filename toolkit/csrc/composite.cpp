@@ -81,12 +81,25 @@ void check_square_batch(const Tensor& sigma, const char* name, int64_t n_iter) {
 
 // ---- sampled im2col moments -------------------------------------------------------------
 
+// Mean and second moment of a batch of patch matrices X (groups, M, d).
+std::tuple<Tensor, Tensor> patch_moments(const Tensor& X) {
+  TORCH_CHECK(X.dim() == 3 && X.size(1) > 0, "patch_moments: expected (groups, M, d) with M > 0, "
+              "got ", X.sizes());
+  const double m = static_cast<double>(X.size(1));
+  return {X.mean(1), gram(X).div_(m)};
+}
+
+// S = X^T X / M  ->  dX = X (G + G^T) / M;   mu = mean(X)  ->  dX += 1 grad_mu^T / M
+Tensor patch_moments_backward(const Tensor& grad_mean, const Tensor& grad_second, const Tensor& X) {
+  const double m = static_cast<double>(X.size(1));
+  auto A = (grad_second + grad_second.mT()).div_(m);
+  return at::baddbmm(grad_mean.unsqueeze(1).div(m), X, A);
+}
+
 std::tuple<Tensor, Tensor> im2col_moments(const Tensor& x, at::IntArrayRef k, at::IntArrayRef p,
                                           at::IntArrayRef dl, at::IntArrayRef s, int64_t groups,
                                           int64_t block) {
-  auto X = call_patches(x, k, p, dl, s, groups, block);
-  const double m = static_cast<double>(X.size(1));
-  return {X.mean(1), gram(X).div_(m)};
+  return patch_moments(call_patches(x, k, p, dl, s, groups, block));
 }
 
 Tensor im2col_moments_backward(const Tensor& grad_mean, const Tensor& grad_second,
@@ -94,10 +107,7 @@ Tensor im2col_moments_backward(const Tensor& grad_mean, const Tensor& grad_secon
                                at::IntArrayRef dl, at::IntArrayRef s, int64_t groups,
                                int64_t block) {
   auto X = call_patches(x, k, p, dl, s, groups, block);
-  const double m = static_cast<double>(X.size(1));
-  // S = X^T X / M  ->  dX = X (G + G^T) / M;   mu = mean(X)  ->  dX += 1 grad_mu^T / M
-  auto A = (grad_second + grad_second.mT()).div_(m);
-  auto gX = at::baddbmm(grad_mean.unsqueeze(1).div(m), X, A);
+  auto gX = patch_moments_backward(grad_mean, grad_second, X);
   return call_patches_backward(gX, x, k, p, dl, s, groups, block);
 }
 

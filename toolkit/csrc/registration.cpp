@@ -14,6 +14,8 @@ at::Tensor im2col_moments_backward(const at::Tensor&, const at::Tensor&, const a
                                    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
                                    at::IntArrayRef, int64_t, int64_t);
 std::tuple<at::Tensor, at::Tensor> chunk_moments(const at::Tensor&, int64_t);
+std::tuple<at::Tensor, at::Tensor> patch_moments(const at::Tensor&);
+at::Tensor patch_moments_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 std::tuple<at::Tensor, at::Tensor> inv_sqrt_newton_forward(const at::Tensor&, int64_t);
 at::Tensor inv_sqrt_newton_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                     int64_t);
@@ -49,6 +51,8 @@ TORCH_LIBRARY(invariance, m) {
   m.def("sampled_patches_backward(Tensor grad, Tensor x, " PATCH_ARGS ") -> Tensor");
   m.def("im2col_moments_backward(Tensor grad_mean, Tensor grad_second, Tensor x, " PATCH_ARGS
         ") -> Tensor");
+  m.def("patch_moments(Tensor patches) -> (Tensor, Tensor)");
+  m.def("patch_moments_backward(Tensor grad_mean, Tensor grad_second, Tensor patches) -> Tensor");
   m.def("inv_sqrt_newton_forward(Tensor sigma, int n_iter) -> (Tensor, Tensor)");
   m.def("inv_sqrt_newton_backward(Tensor grad, Tensor sigma, Tensor trace, int n_iter) -> Tensor");
   m.def("inv_sqrt_spectral_forward(Tensor sigma, int n_iter) -> (Tensor, Tensor, Tensor)");
@@ -78,6 +82,8 @@ TORCH_LIBRARY_IMPL(invariance, CPU, m) {
 TORCH_LIBRARY_IMPL(invariance, CompositeExplicitAutograd, m) {
   m.impl("im2col_moments", &invariance::im2col_moments);
   m.impl("im2col_moments_backward", &invariance::im2col_moments_backward);
+  m.impl("patch_moments", &invariance::patch_moments);
+  m.impl("patch_moments_backward", &invariance::patch_moments_backward);
   m.impl("inv_sqrt_newton_forward", &invariance::inv_sqrt_newton_forward);
   m.impl("inv_sqrt_newton_backward", &invariance::inv_sqrt_newton_backward);
   m.impl("inv_sqrt_spectral_forward", &invariance::inv_sqrt_spectral_forward);

@@ -83,6 +83,15 @@ def _register_fakes():
         d = block * kernel[0] * kernel[1]
         return x.new_empty((groups, d)), x.new_empty((groups, d, d))
 
+    @torch.library.register_fake(lib + "patch_moments")
+    def _(patches):
+        g, _, d = patches.shape
+        return patches.new_empty((g, d)), patches.new_empty((g, d, d))
+
+    @torch.library.register_fake(lib + "patch_moments_backward")
+    def _(grad_mean, grad_second, patches):
+        return torch.empty_like(patches)
+
     @torch.library.register_fake(lib + "im2col_moments_backward")
     def _(grad_mean, grad_second, x, kernel, padding, dilation, stride, groups, block):
         return torch.empty_like(x)

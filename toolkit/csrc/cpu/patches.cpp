@@ -85,11 +85,19 @@ template <typename scalar_t>
 void scatter_rows(const PatchGeometry& g, const Taps& taps, const scalar_t* gX, scalar_t* gx,
                   int64_t r_begin, int64_t r_end) {
   const int64_t width = g.G * g.d, hw = g.H * g.W;
+  const int64_t* offset = taps.offset.data();
   for (int64_t r = r_begin; r < r_end; ++r) {
     locate(g, r, [&](int64_t n, int64_t h0, int64_t w0) {
+      const bool inside = h0 >= 0 && w0 >= 0 && h0 + (g.kh - 1) * g.dh < g.H &&
+                          w0 + (g.kw - 1) * g.dw < g.W;
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         const int64_t plane0 = (n * g.C + grp * g.Cg) * hw;
         const scalar_t* src = gX + (grp * g.rows + r) * width;
+        if (inside) {  // no padding taps: one offset table, no bounds checks
+          scalar_t* base = gx + plane0 + h0 * g.W + w0;
+          for (int64_t t = 0; t < width; ++t) base[offset[t]] += src[t];
+          continue;
+        }
         for (int64_t t = 0; t < width; ++t) {
           const int64_t h = h0 + taps.di[t], w = w0 + taps.dj[t];
           if (h >= 0 && h < g.H && w >= 0 && w < g.W)
@@ -102,13 +110,16 @@ void scatter_rows(const PatchGeometry& g, const Taps& taps, const scalar_t* gX, 
 
 template <typename scalar_t>
 void scatter(const PatchGeometry& g, const Taps& taps, const scalar_t* gX, scalar_t* gx) {
-  if (g.flat) {  // every input pixel belongs to at most one row: rows are independent
+  // Rows touch disjoint pixels for 1x1 kernels and whenever the dilated kernel fits inside
+  // the sampling stride; otherwise overlapping patches share pixels within one sample only.
+  const bool disjoint =
+      g.flat || ((g.kh - 1) * g.dh < g.sh && (g.kw - 1) * g.dw < g.sw);
+  if (disjoint) {
     at::parallel_for(0, g.rows, 16, [&](int64_t b, int64_t e) {
       scatter_rows(g, taps, gX, gx, b, e);
     });
     return;
   }
-  // Overlapping patches only share pixels within one sample: split the work by sample.
   const int64_t per_sample = g.Ho * g.Wo;
   at::parallel_for(0, g.N, 1, [&](int64_t b, int64_t e) {
     scatter_rows(g, taps, gX, gx, b * per_sample, e * per_sample);

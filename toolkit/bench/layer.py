@@ -1,0 +1,157 @@
+"""Cost of the invariance layer: whole training steps and a per-layer breakdown.
+
+step_times(): BatchNorm ResNet vs the same network with InvConv2d/InvLinear (C++ ops) vs
+the pure-PyTorch reference layer (tests/invariance_reference.py, same math), timed in
+interleaved rounds so that all three see the same machine load.
+layer_table(): every invariance layer of the network timed alone on the input shape it sees
+in the network, with the shares of statistics / inverse square root / conv from a profile.
+"""
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+# profiler op name -> category; only the outermost matching event of a call tree counts
+CATEGORIES = {
+    "invariance::sample_norm_forward": "stats", "invariance::sample_norm_backward": "stats",
+    "invariance::im2col_moments": "stats", "invariance::im2col_moments_backward": "stats",
+    "invariance::chunk_moments": "stats", "invariance::local_stats_forward": "stats",
+    "invariance::local_stats_backward": "stats",
+    "invariance::inv_sqrt_spectral_forward": "inv_sqrt",
+    "invariance::inv_sqrt_spectral_backward": "inv_sqrt",
+    "invariance::inv_sqrt_newton_forward": "inv_sqrt",
+    "invariance::inv_sqrt_newton_backward": "inv_sqrt",
+    "aten::linalg_eigh": "inv_sqrt",  # the reference layer has no custom ops: see below
+    "invariance::fold_weights": "fold", "invariance::fold_weights_backward": "fold",
+    "aten::convolution": "conv", "aten::convolution_backward": "conv",
+    "aten::linear": "conv",
+}
+
+
+def make_batch(batch, image_size=32, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, image_size, image_size, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    return x, y
+
+
+def train_step(model, optimizer, x, y):
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def step_times(models, x, y, steps=5, warmup=2, lr=0.1):
+    """Median seconds per training step of each model; rounds interleave the models."""
+    opts = {name: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for name, m in
+            models.items()}
+    for name, model in models.items():
+        model.train()
+        for _ in range(warmup):
+            train_step(model, opts[name], x, y)
+    times = {name: [] for name in models}
+    for _ in range(steps):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            train_step(model, opts[name], x, y)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, times
+
+
+def invariance_layers(model):
+    from toolkit.invariance import InvConv2d, InvLinear
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (InvConv2d,
+                                                                             InvLinear))]
+
+
+def layer_inputs(model, layers, x):
+    """Input shape of every layer in one forward pass of the network."""
+    shapes, hooks = {}, []
+
+    def recorder(name):
+        def hook(module, args):
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+    for name, layer in layers:
+        hooks.append(layer.register_forward_pre_hook(recorder(name)))
+    with torch.no_grad():
+        model.eval()
+        model(x)
+        model.train()
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def _median_time(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def _profile_shares(layer, x, grad):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        layer(x).backward(grad)
+    totals = dict.fromkeys(("stats", "inv_sqrt", "fold", "conv"), 0.0)
+    counted = set()
+    events = prof.events()
+    for ev in events:
+        cat = CATEGORIES.get(ev.name)
+        if cat is None:
+            continue
+        parent, nested = ev.cpu_parent, False
+        while parent is not None:
+            if CATEGORIES.get(parent.name) is not None:
+                nested = True
+                break
+            parent = parent.cpu_parent
+        if not nested and id(ev) not in counted:
+            counted.add(id(ev))
+            totals[cat] += ev.cpu_time_total
+    whole = sum(ev.cpu_time_total for ev in events if ev.cpu_parent is None) or 1.0
+    return {k: v / whole for k, v in totals.items()}
+
+
+def layer_table(model, x, repeats=3):
+    """Per invariance layer: input shape, d, forward / backward ms, shares of the fwd+bwd."""
+    layers = invariance_layers(model)
+    shapes = layer_inputs(model, layers, x)
+    rows = []
+    for name, layer in layers:
+        layer = copy.deepcopy(layer).train()
+        inp = torch.randn(shapes[name]).requires_grad_()
+        with torch.no_grad():
+            out_shape = layer(inp).shape
+        grad = torch.randn(out_shape)
+        fwd = _median_time(lambda: layer(inp), repeats)
+        both = _median_time(lambda: layer(inp).backward(grad), repeats)
+        shares = _profile_shares(layer, inp, grad)
+        rows.append(dict(layer=name, input=list(shapes[name]), d=layer.running_mean.shape[-1],
+                         groups=layer.running_mean.shape[0], n_iter=layer.n_iter,
+                         forward_ms=1e3 * fwd, backward_ms=1e3 * max(both - fwd, 0.0),
+                         **{f"share_{k}": v for k, v in shares.items()}))
+    return rows
+
+
+def format_table(rows):
+    head = (f"{'layer':<22}{'input':>20}{'d':>6}{'fwd ms':>9}{'bwd ms':>9}"
+            f"{'stats':>8}{'invsqrt':>9}{'conv':>7}{'fold':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        shape = "x".join(str(s) for s in r["input"])
+        lines.append(f"{r['layer']:<22}{shape:>20}{r['d']:>6}{r['forward_ms']:>9.1f}"
+                     f"{r['backward_ms']:>9.1f}{100 * r['share_stats']:>7.0f}%"
+                     f"{100 * r['share_inv_sqrt']:>8.0f}%{100 * r['share_conv']:>6.0f}%"
+                     f"{100 * r['share_fold']:>6.0f}%")
+    total_f = sum(r["forward_ms"] for r in rows)
+    total_b = sum(r["backward_ms"] for r in rows)
+    lines.append(f"{'total':<22}{'':>20}{'':>6}{total_f:>9.1f}{total_b:>9.1f}")
+    return "\n".join(lines)
