@@ -15,7 +15,9 @@ pytestmark = pytest.mark.mpi
 
 def _job(tmp_path_factory, np, launcher="mpirun"):
     out = tmp_path_factory.mktemp(f"dasgd_np{np}_{launcher}")
-    run_ranks(np, py("dasgd_props.py", out), launcher=launcher, timeout=240)
+    # TOOLKIT_COMM_NICE: also check that init_horovod() renices Horovod's threads.
+    run_ranks(np, py("dasgd_props.py", out), launcher=launcher, timeout=240,
+              env={"TOOLKIT_COMM_NICE": "19"})
     ranks = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(np)]
     assert all(r["size"] == np for r in ranks)
     return ranks
@@ -72,3 +74,10 @@ def test_whole_uneven_epochs_then_identical_state_on_every_rank(ranks):
 def test_one_rank_is_single_process_training(tmp_path_factory):
     (rank,) = _job(tmp_path_factory, 1)
     assert torch.equal(rank["single"]["strategy"], rank["single"]["reference"])
+
+
+def test_horovod_threads_run_at_low_priority(ranks):
+    for r in ranks:
+        nice = r["thread_nice"]
+        assert nice[r["main_tid"]] == 0  # compute keeps its priority
+        assert any(v == 19 for v in nice.values())  # Horovod's/MPI's threads do not

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios
+from toolkit.strategies.comm_threads import comm_nice
 from toolkit.dasgd import STRATEGY_NAMES, apply_stall_defaults, comm_timeout_s, make_strategy
 
 
@@ -51,3 +52,11 @@ def test_rates_and_ratios():
     assert r["sync_over_none"] == pytest.approx(1.8)
     assert r["hidden_fraction"] == pytest.approx(0.95)
     assert ratios({"none": 1.0, "sync": 0.9, "dasgd": 1.0})["hidden_fraction"] is None
+
+
+def test_comm_nice_setting():
+    assert comm_nice({}) == 0  # off by default: measured no gain, and it slows sync
+    assert comm_nice({"TOOLKIT_COMM_NICE": "19"}) == 19
+    for bad in ("high", "20", "-1"):
+        with pytest.raises(ValueError, match="TOOLKIT_COMM_NICE must"):
+            comm_nice({"TOOLKIT_COMM_NICE": bad})

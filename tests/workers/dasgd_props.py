@@ -2,7 +2,9 @@
 
 Usage: dasgd_props.py OUT_DIR   (under mpirun/horovodrun; 1 rank runs the n=1 check only)
 """
+import os
 import sys
+import threading
 
 import torch
 from torch.utils.data import TensorDataset
@@ -119,6 +121,9 @@ def main(out_dir):
                    "sync_eq": sync_equivalence(hvd),
                    "epochs": whole_epochs(hvd)}
     results["size"] = hvd.size()
+    results["thread_nice"] = {int(t): os.getpriority(os.PRIO_PROCESS, int(t))
+                              for t in os.listdir("/proc/self/task")}
+    results["main_tid"] = threading.get_native_id()
     save_rank(out_dir, hvd.rank(), results)
 
 
