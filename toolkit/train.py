@@ -57,19 +57,15 @@ def run_config(args, ctx):
             "seed": args.seed}
 
 
-def train(args):
+def prepare(args, ctx):
+    """Data, model, optimizer strategy and (with --resume) the checkpoint to continue from.
+    Everything that can be wrong with the input is found here, before anything is written."""
     from models import build_model
     from toolkit.dasgd import make_strategy
 
-    ctx = dist.init()
-    torch.set_num_threads(args.threads or default_threads(ctx.local_size))
-    out = args.out
-    ckpts = Checkpointer(os.path.join(out, "checkpoints"), keep=args.keep)
-
-    # Everything that can be wrong with the input is checked before anything is written.
+    ckpts = Checkpointer(os.path.join(args.out, "checkpoints"), keep=args.keep)
     data = load_dataset(args.dataset, args.data_dir, seed=args.seed, **args.data_options)
-    steps_epoch = steps_per_epoch(len(data.train), args.batch_size, ctx.size)
-    if steps_epoch == 0:
+    if steps_per_epoch(len(data.train), args.batch_size, ctx.size) == 0:
         raise ValueError(f"--batch-size {args.batch_size} x {ctx.size} ranks exceeds the "
                          f"{len(data.train)} training images of {args.dataset}")
     torch.manual_seed(args.seed)
@@ -86,20 +82,42 @@ def train(args):
         if path is None:
             raise CheckpointError(f"--resume: no checkpoint in {ckpts.directory}")
         state = load_checkpoint(path, expect=run_config(args, ctx))
-    elif ckpts.latest() is not None:
-        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue "
-                              f"that run or choose another --out")
-
-    step, epoch, step_in_epoch = 0, 0, 0
-    if state is not None:
         model.load_state_dict(state["model"])
         strategy.load_state_dict(state["strategy"])
-        step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         torch.set_rng_state(state["rng"])
-        dist.root_print(ctx, f"resumed from {path} at epoch {epoch} step {step}")
+        dist.root_print(ctx, f"resumed from {path} at epoch {state['epoch']} "
+                        f"step {state['step']}")
+    elif ckpts.latest() is not None:
+        raise CheckpointError(f"{args.out} already holds checkpoints; pass --resume to "
+                              f"continue that run or choose another --out")
     else:
         import horovod.torch as hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    return data, model, strategy, ckpts, state, peak_lr
+
+
+def train_step(model, strategy, x, y, lr):
+    """One optimizer step; returns (loss, correct predictions)."""
+    for group in strategy.optimizer.param_groups:
+        group["lr"] = lr
+    strategy.optimizer.zero_grad()
+    output = model(x)
+    loss = F.cross_entropy(output, y)
+    if not math.isfinite(loss.item()):
+        raise Diverged(f"loss is {loss.item()}")
+    loss.backward()
+    strategy.step()
+    return loss.item(), (output.argmax(1) == y).sum().item()
+
+
+def train(args):
+    ctx = dist.init()
+    torch.set_num_threads(args.threads or default_threads(ctx.local_size))
+    out = args.out
+    data, model, strategy, ckpts, state, peak_lr = prepare(args, ctx)
+    steps_epoch = steps_per_epoch(len(data.train), args.batch_size, ctx.size)
+    step, epoch, step_in_epoch = (state["step"], state["epoch"], state["step_in_epoch"]) \
+        if state else (0, 0, 0)
 
     total_steps = steps_epoch * args.epochs
     if args.max_steps:
@@ -153,24 +171,18 @@ def train(args):
             t0 = time.perf_counter()
             lr = lr_at(step, peak_lr=peak_lr, total_steps=total_steps,
                        warmup_steps=warmup_steps, schedule=args.schedule, start_lr=args.lr)
-            for group in strategy.optimizer.param_groups:
-                group["lr"] = lr
-            strategy.optimizer.zero_grad()
-            output = model(x)
-            loss = F.cross_entropy(output, y)
-            if not math.isfinite(loss.item()):
-                raise Diverged(f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
-                               f"last good checkpoint: {ckpt_path}")
-            loss.backward()
-            strategy.step()
+            try:
+                loss, correct = train_step(model, strategy, x, y, lr)
+            except Diverged as exc:
+                raise Diverged(f"{exc} at step {step + 1} (epoch {epoch + 1}); last good "
+                               f"checkpoint: {ckpt_path}") from None
             seconds = time.perf_counter() - t0
             step, step_in_epoch = step + 1, step_in_epoch + 1
-            correct = (output.argmax(1) == y).sum().item()
             for meter in (interval, epoch_meter):
-                meter.add(loss.item(), correct, len(y), seconds)
+                meter.add(loss, correct, len(y), seconds)
             train_seconds += seconds
             train_images += len(y) * ctx.size
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
             if step % args.log_interval == 0:
                 log.write("interval", epoch=epoch + 1, step=step, loss=interval.loss,
                           acc=interval.acc, lr=lr,
@@ -209,6 +221,10 @@ def train(args):
                             f"{ckpt_path}; continue with --resume")
             break
 
+    if not last:  # resumed a run that had already finished: score it once more
+        checkpoint()
+        last = dict(zip(("test_loss", "test_acc"),
+                        evaluate(model, data.test, ctx, args.batch_size)))
     vote.drain()
     summary = {**run_config(args, ctx), "global_batch": args.batch_size * ctx.size,
                "epochs": args.epochs, "epochs_done": epoch, "steps": step, "lr": peak_lr,
