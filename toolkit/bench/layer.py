@@ -17,13 +17,14 @@ import torch.nn.functional as F
 CATEGORIES = {
     "invariance::sample_norm_forward": "stats", "invariance::sample_norm_backward": "stats",
     "invariance::im2col_moments": "stats", "invariance::im2col_moments_backward": "stats",
-    "invariance::chunk_moments": "stats", "invariance::local_stats_forward": "stats",
+    "invariance::chunk_moments": "stats", "invariance::sampled_patches": "stats",
+    "invariance::sampled_patches_backward": "stats", "invariance::patch_moments": "stats",
+    "invariance::patch_moments_backward": "stats", "invariance::local_stats_forward": "stats",
     "invariance::local_stats_backward": "stats",
     "invariance::inv_sqrt_spectral_forward": "inv_sqrt",
     "invariance::inv_sqrt_spectral_backward": "inv_sqrt",
     "invariance::inv_sqrt_newton_forward": "inv_sqrt",
     "invariance::inv_sqrt_newton_backward": "inv_sqrt",
-    "aten::linalg_eigh": "inv_sqrt",  # the reference layer has no custom ops: see below
     "invariance::fold_weights": "fold", "invariance::fold_weights_backward": "fold",
     "aten::convolution": "conv", "aten::convolution_backward": "conv",
     "aten::linear": "conv",

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "invariance.h"
 
@@ -47,29 +48,26 @@ Tensor call_divided_differences(const Tensor& lam, const Tensor& c, int64_t n) {
   return h.call(lam, c, n);
 }
 
-// X^T X for a batch of tall matrices X (b, M, d).  The result is symmetric, so on the CPU
-// only the lower block triangle is multiplied (about 60% of the flops of one gemm for d >= 512).
-Tensor gram(const Tensor& X) {
-  const int64_t d = X.size(2);
-  const int64_t tiles = X.is_cpu() ? std::min<int64_t>(4, d / 128) : 1;
-  if (tiles < 2) return at::bmm(X.mT(), X);
-  auto S = at::empty({X.size(0), d, d}, X.options());
-  const int64_t step = (d + tiles - 1) / tiles;
-  for (int64_t b = 0; b < X.size(0); ++b) {
-    auto Xb = X[b];
-    for (int64_t i0 = 0; i0 < d; i0 += step) {
-      const int64_t i1 = std::min(d, i0 + step);
-      auto Xi = Xb.slice(1, i0, i1);
-      for (int64_t j0 = 0; j0 <= i0; j0 += step) {
-        const int64_t j1 = std::min(d, j0 + step);
-        auto blockij = at::mm(Xi.t(), Xb.slice(1, j0, j1));
-        S[b].slice(0, i0, i1).slice(1, j0, j1).copy_(blockij);
-        if (j0 != i0) S[b].slice(0, j0, j1).slice(1, i0, i1).copy_(blockij.t());
-      }
-    }
+// X^T X for a batch of tall matrices X (b, M, d): one gemm per group.  (Multiplying only
+// the lower block triangle saves flops on paper, but the skinny tiles parallelise worse in
+// MKL and measured no faster on 2 cores.)
+Tensor gram(const Tensor& X) { return at::bmm(X.mT(), X); }
+
+// Runs the enclosing scope with one intra-op thread (restored on exit).
+class SingleThreaded {
+ public:
+  explicit SingleThreaded(bool active) : previous_(active ? at::get_num_threads() : 0) {
+    if (previous_ > 1) at::set_num_threads(1);
   }
-  return S;
-}
+  ~SingleThreaded() {
+    if (previous_ > 1) at::set_num_threads(previous_);
+  }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int previous_;
+};
 
 void check_square_batch(const Tensor& sigma, const char* name, int64_t n_iter) {
   TORCH_CHECK(sigma.dim() == 3 && sigma.size(1) == sigma.size(2), name,
@@ -187,7 +185,15 @@ std::tuple<Tensor, Tensor, Tensor> inv_sqrt_spectral_forward(const Tensor& sigma
   const bool promote =
       sigma.scalar_type() == at::kFloat && (n_iter > 7 || sigma.size(-1) <= 128);
   auto s = promote ? sigma.to(at::kDouble) : sigma;
-  auto [lam, Q] = at::linalg_eigh(s);
+  Tensor lam, Q;
+  {
+    // LAPACK's tridiagonalisation is hundreds of small BLAS-2 calls, each a parallel region
+    // with a barrier: with more threads than idle cores (other ranks, a shared node) every
+    // barrier waits for a descheduled thread and eigh becomes 10-100x slower.  One thread
+    // is never much slower at these sizes, so the CPU decomposition runs single-threaded.
+    SingleThreaded scope(s.is_cpu());
+    std::tie(lam, Q) = at::linalg_eigh(s);
+  }
   auto c = s.square().sum({-2, -1}).sqrt();
   auto psi = std::get<0>(call_scalar_map(lam, c, n_iter));
   auto D = at::bmm(Q * psi.unsqueeze(-2), Q.mT()).to(sigma.scalar_type());
