@@ -23,6 +23,19 @@ def sources(*patterns):
     return found
 
 
+def default_arch_list():
+    """Volta, Ampere, Hopper; CUDA 13 dropped sm_70, so there Turing (7.5) is the oldest."""
+    import re
+    import subprocess
+    try:
+        out = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"],
+                             capture_output=True, text=True).stdout
+        major = int(re.search(r"release (\d+)", out).group(1))
+    except (OSError, AttributeError, TypeError, ValueError):
+        major = 12
+    return "7.5;8.0;9.0" if major >= 13 else "7.0;8.0;9.0"
+
+
 def extension():
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None \
         and os.environ.get("TOOLKIT_NO_CUDA", "0") != "1"
@@ -33,7 +46,7 @@ def extension():
         extra_link_args=["-fopenmp"],
     )
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.0;8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_arch_list())
         return CUDAExtension(
             sources=sources("*.cpp", "cpu/*.cpp", "cuda/*.cpp", "cuda/*.cu"),
             extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": ["-O3", "-std=c++17"]},
