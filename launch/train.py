@@ -22,7 +22,8 @@ def parser():
                "config.json, checkpoints/ckpt-<step>.pt. The last line printed is "
                "`final: test_acc=... images_per_s=... metrics=PATH checkpoint=PATH`. "
                "Exit codes: 0 done (or stopped cleanly by SIGTERM/SIGUSR1 after a "
-               "checkpoint), 2 bad input, 3 training diverged.",
+               "checkpoint), 2 bad input, 3 training diverged, 4 a collective stalled or "
+               "failed (another rank died or diverged from the others).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=DEFAULTS["model"],
@@ -109,6 +110,7 @@ def main(argv=None):
     from toolkit import dist
     from toolkit.checkpoint import CheckpointError
     from toolkit.data import DataError
+    from toolkit.strategies import CommunicationError
     from toolkit.train import Diverged, train
     from toolkit.metrics import write_json
     try:
@@ -123,10 +125,10 @@ def main(argv=None):
         if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", "0")) == "0":
             dist.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         sys.exit(2)
-    except Diverged as exc:
+    except (Diverged, CommunicationError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         # Other ranks may be blocked in a collective: leave at once, the launcher ends them.
-        os._exit(3)
+        os._exit(3 if isinstance(exc, Diverged) else 4)
     summary["wall_s"] = time.time() - started
     if ctx.is_root:
         write_json(os.path.join(args.out, "summary.json"), summary)

@@ -39,4 +39,4 @@ def test_stall_ends_the_job_with_an_error_naming_the_step(mode, strategy, launch
     assert elapsed < 60, elapsed
     if mode == "skip":
         assert "stalled at step" in output, output[-3000:]
-        assert "RuntimeError: collective" in output
+        assert "CommunicationError: collective" in output

@@ -62,8 +62,8 @@ def init():
     """hvd.init() plus the size check; returns this process's place in the job."""
     promised = expected_size()
     launcher = detect_launcher()
-    import horovod.torch as hvd
-    hvd.init()
+    from toolkit.dasgd import init_horovod  # stall limits must be set before hvd.init()
+    hvd = init_horovod()
     check_size(hvd.size(), promised)
     return Dist(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
                 local_size=hvd.local_size(), launcher=launcher)

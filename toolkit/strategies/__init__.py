@@ -3,7 +3,8 @@ from .base import Strategy
 from .baselines import NoCommunication, SyncSGD
 from .comm_threads import COMM_NICE_ENV, init_horovod
 from .delayed_averaging import DaSGD, LocalSGD
-from .watchdog import COMM_TIMEOUT_ENV, apply_stall_defaults, comm_timeout_s
+from .watchdog import (COMM_TIMEOUT_ENV, CommunicationError, apply_stall_defaults,
+                       comm_timeout_s)
 
 STRATEGY_NAMES = ("none", "sync", "local", "dasgd")
 
@@ -33,4 +34,5 @@ def make_strategy(name, model, optimizer, *, period=1, delay=1, warmup_steps=0):
 
 
 __all__ = ["init_horovod", "COMM_NICE_ENV", "Strategy", "NoCommunication", "SyncSGD", "DaSGD", "LocalSGD", "STRATEGY_NAMES",
-           "make_strategy", "apply_stall_defaults", "comm_timeout_s", "COMM_TIMEOUT_ENV"]
+           "make_strategy", "apply_stall_defaults", "comm_timeout_s", "COMM_TIMEOUT_ENV",
+           "CommunicationError"]

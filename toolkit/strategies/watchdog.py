@@ -41,6 +41,10 @@ def apply_stall_defaults(env=os.environ):
     return env
 
 
+class CommunicationError(RuntimeError):
+    """A collective stalled or failed; the message names the collective and the step."""
+
+
 def poll_until_done(handle, *, name, step, timeout_s, rank):
     """Return once hvd.poll(handle) is true; RuntimeError naming the step after the deadline.
 
@@ -55,7 +59,7 @@ def poll_until_done(handle, *, name, step, timeout_s, rank):
     while not hvd.poll(handle):
         waited = time.monotonic() - start
         if waited > timeout_s:
-            raise RuntimeError(
+            raise CommunicationError(
                 f"collective {name!r} stalled at step {step}: rank {rank} waited "
                 f"{waited:.0f} s (> {COMM_TIMEOUT_ENV}={timeout_s:g}) for it; another rank "
                 f"submitted a different collective, skipped a step or died")
@@ -71,5 +75,5 @@ def wait_handle(handle, *, name, step, timeout_s, rank):
     try:
         return hvd.synchronize(handle)
     except Exception as exc:  # HorovodInternalError: peer gone or Horovod shut down
-        raise RuntimeError(f"collective {name!r} failed at step {step} on rank {rank}: "
+        raise CommunicationError(f"collective {name!r} failed at step {step} on rank {rank}: "
                            f"{exc}".strip()) from exc
