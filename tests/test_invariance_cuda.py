@@ -41,18 +41,33 @@ def include_dirs(tmp_path_factory):
     return dirs
 
 
+@pytest.fixture(scope="module")
+def nvcc_results(include_dirs, tmp_path_factory):
+    """Compiles every .cu file (in parallel: header parsing dominates) -> {name: (rc, log, obj)}."""
+    arch = nvcc_arch()
+    out_dir = tmp_path_factory.mktemp("nvcc")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    procs = {}
+    for name in CU_FILES:
+        obj = out_dir / (name + ".o")
+        cmd = [NVCC, "-c", "-std=c++17", "-O0", f"-arch=sm_{arch}", "-diag-suppress", "3306",
+               f"-D_GLIBCXX_USE_CXX11_ABI={abi}", os.path.join(CSRC, "cuda", name), "-o",
+               str(obj)] + [f"-I{d}" for d in include_dirs]
+        procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True), obj)
+    results = {}
+    for name, (proc, obj) in procs.items():
+        log, _ = proc.communicate(timeout=900)
+        results[name] = (proc.returncode, log, obj)
+    return results
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
 @pytest.mark.parametrize("name", CU_FILES)
-def test_cu_file_compiles_with_nvcc(name, include_dirs, tmp_path):
-    arch = nvcc_arch()
-    cmd = [NVCC, "-c", "-std=c++17", "-O0", f"-arch=sm_{arch}", "-diag-suppress", "3306",
-           os.path.join(CSRC, "cuda", name), "-o", str(tmp_path / (name + ".o"))]
-    cmd += [f"-I{d}" for d in include_dirs]
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / (name + ".o")).stat().st_size > 0
+def test_cu_file_compiles_with_nvcc(name, nvcc_results):
+    rc, log, obj = nvcc_results[name]
+    assert rc == 0, log[-3000:]
+    assert obj.stat().st_size > 0
 
 
 def test_every_cuda_kernel_file_is_registered():
