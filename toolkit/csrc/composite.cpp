@@ -51,9 +51,18 @@ Tensor call_divided_differences(const Tensor& lam, const Tensor& c, int64_t n) {
 // X^T X for a batch of tall matrices X (b, M, d): one gemm per group.  (Multiplying only
 // the lower block triangle saves flops on paper, but the skinny tiles parallelise worse in
 // MKL and measured no faster on 2 cores.)
-Tensor gram(const Tensor& X) { return at::bmm(X.mT(), X); }
+// The 1/M scale rides on the gemm's alpha (no extra pass over the d x d result).
+Tensor gram(const Tensor& X, double scale) {
+  auto out = at::empty({X.size(0), X.size(2), X.size(2)}, X.options());
+  return at::baddbmm_out(out, out, X.mT(), X, /*beta=*/0, /*alpha=*/scale);
+}
 
-// Runs the enclosing scope with one intra-op thread (restored on exit).
+// Runs the enclosing scope with one intra-op thread (restored on exit).  The d x d math of
+// the layer (d <= 576: inverse square root, fold, the small elementwise ops around them) is
+// dozens of ATen calls per layer, each a parallel region with a barrier.  On a node with more
+// busy threads than cores every barrier waits for a descheduled thread (measured: a 576^2
+// multiply 16 ms with 2 threads vs 0.03 ms with one, a 576^3 bmm 32 ms vs 12 ms), so the CPU
+// runs it on one thread; only the batch-sized GEMMs and kernels use the thread pool.
 class SingleThreaded {
  public:
   explicit SingleThreaded(bool active) : previous_(active ? at::get_num_threads() : 0) {
@@ -68,6 +77,9 @@ class SingleThreaded {
  private:
   int previous_;
 };
+
+// Fold work below this many multiply-adds runs single-threaded (stage-0 layers: 2e7).
+constexpr double kSmallFoldMacs = 2.0e8;
 
 void check_square_batch(const Tensor& sigma, const char* name, int64_t n_iter) {
   TORCH_CHECK(sigma.dim() == 3 && sigma.size(1) == sigma.size(2), name,
@@ -84,14 +96,19 @@ std::tuple<Tensor, Tensor> patch_moments(const Tensor& X) {
   TORCH_CHECK(X.dim() == 3 && X.size(1) > 0, "patch_moments: expected (groups, M, d) with M > 0, "
               "got ", X.sizes());
   const double m = static_cast<double>(X.size(1));
-  return {X.mean(1), gram(X).div_(m)};
+  return {X.mean(1), gram(X, 1.0 / m)};
 }
 
 // S = X^T X / M  ->  dX = X (G + G^T) / M;   mu = mean(X)  ->  dX += 1 grad_mu^T / M
 Tensor patch_moments_backward(const Tensor& grad_mean, const Tensor& grad_second, const Tensor& X) {
   const double m = static_cast<double>(X.size(1));
-  auto A = (grad_second + grad_second.mT()).div_(m);
-  return at::baddbmm(grad_mean.unsqueeze(1).div(m), X, A);
+  Tensor A, shift;
+  {
+    SingleThreaded scope(X.is_cpu());
+    A = (grad_second + grad_second.mT()).div_(m);
+    shift = grad_mean.unsqueeze(1).div(m);
+  }
+  return at::baddbmm(shift, X, A);
 }
 
 std::tuple<Tensor, Tensor> im2col_moments(const Tensor& x, at::IntArrayRef k, at::IntArrayRef p,
@@ -123,6 +140,7 @@ std::tuple<Tensor, Tensor> chunk_moments(const Tensor& x, int64_t block) {
 // trace[k] holds (Y_k, Z_k), the iterates entering step k, for the backward.
 std::tuple<Tensor, Tensor> inv_sqrt_newton_forward(const Tensor& sigma, int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_newton", n_iter);
+  SingleThreaded scope(sigma.is_cpu());
   const int64_t b = sigma.size(0), d = sigma.size(1);
   auto c = sigma.square().sum({-2, -1}, true).sqrt();
   auto I = at::eye(d, sigma.options()).expand({b, d, d});
@@ -141,6 +159,7 @@ std::tuple<Tensor, Tensor> inv_sqrt_newton_forward(const Tensor& sigma, int64_t 
 Tensor inv_sqrt_newton_backward(const Tensor& grad, const Tensor& sigma, const Tensor& trace,
                                 int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_newton_backward", n_iter);
+  SingleThreaded scope(sigma.is_cpu());
   const int64_t b = sigma.size(0), d = sigma.size(1);
   auto c = sigma.square().sum({-2, -1}, true).sqrt();
   auto I = at::eye(d, sigma.options()).expand({b, d, d});
@@ -180,20 +199,15 @@ Tensor inv_sqrt_newton_backward(const Tensor& grad, const Tensor& sigma, const T
 
 std::tuple<Tensor, Tensor, Tensor> inv_sqrt_spectral_forward(const Tensor& sigma, int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_spectral", n_iter);
+  SingleThreaded scope(sigma.is_cpu());
   // fp32 eigenvalues carry an absolute error of ~1e-7 ||Sigma||; with many iterations the map
   // is steep at small eigenvalues, so decompose in fp64 there (and whenever d is small).
   const bool promote =
       sigma.scalar_type() == at::kFloat && (n_iter > 7 || sigma.size(-1) <= 128);
   auto s = promote ? sigma.to(at::kDouble) : sigma;
-  Tensor lam, Q;
-  {
-    // LAPACK's tridiagonalisation is hundreds of small BLAS-2 calls, each a parallel region
-    // with a barrier: with more threads than idle cores (other ranks, a shared node) every
-    // barrier waits for a descheduled thread and eigh becomes 10-100x slower.  One thread
-    // is never much slower at these sizes, so the CPU decomposition runs single-threaded.
-    SingleThreaded scope(s.is_cpu());
-    std::tie(lam, Q) = at::linalg_eigh(s);
-  }
+  // LAPACK's tridiagonalisation is hundreds of small BLAS-2 calls, each a parallel region
+  // with a barrier: the worst case of the stalls described at SingleThreaded (10-100x).
+  auto [lam, Q] = at::linalg_eigh(s);
   auto c = s.square().sum({-2, -1}).sqrt();
   auto psi = std::get<0>(call_scalar_map(lam, c, n_iter));
   auto D = at::bmm(Q * psi.unsqueeze(-2), Q.mT()).to(sigma.scalar_type());
@@ -205,6 +219,7 @@ std::tuple<Tensor, Tensor, Tensor> inv_sqrt_spectral_forward(const Tensor& sigma
 Tensor inv_sqrt_spectral_backward(const Tensor& grad, const Tensor& sigma, const Tensor& Q,
                                   const Tensor& lam, int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_spectral_backward", n_iter);
+  SingleThreaded scope(sigma.is_cpu());
   auto c = sigma.square().sum({-2, -1}).sqrt();
   auto dpsi_dc = std::get<1>(call_scalar_map(lam, c, n_iter));
   auto K = call_divided_differences(lam, c, n_iter);
@@ -240,6 +255,10 @@ FoldShape fold_shape(const Tensor& weight, const Tensor& D, const Tensor& mu, co
   return f;
 }
 
+double fold_macs(const FoldShape& f) {
+  return static_cast<double>(f.out) * static_cast<double>(f.G) * static_cast<double>(f.d * f.d);
+}
+
 // (out, row) -> (groups, d, out_per_group * G) with entry f = a * G + g of the row at [a, o*G+g]
 Tensor to_block_columns(const Tensor& w, const FoldShape& f) {
   return w.reshape({f.groups, f.out_per_group, f.d, f.G}).permute({0, 2, 1, 3})
@@ -255,6 +274,7 @@ Tensor from_block_columns(const Tensor& cols, const FoldShape& f, at::IntArrayRe
 std::tuple<Tensor, Tensor> fold_weights(const Tensor& weight, const Tensor& D, const Tensor& mu,
                                         const Tensor& bias, int64_t groups, bool interleaved) {
   const auto f = fold_shape(weight, D, mu, bias, groups, interleaved);
+  SingleThreaded scope(weight.is_cpu() && fold_macs(f) < kSmallFoldMacs);
   if (!interleaved) {
     auto Wt = at::mm(weight.reshape({-1, f.d}), D[0]);
     auto Wsum = Wt.view({f.out, f.G, f.d}).sum(1);
@@ -270,6 +290,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fold_weights_backward(
     const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& weight, const Tensor& D,
     const Tensor& mu, const Tensor& folded, int64_t groups, bool interleaved) {
   const auto f = fold_shape(weight, D, mu, grad_bias, groups, interleaved);
+  SingleThreaded scope(weight.is_cpu() && fold_macs(f) < kSmallFoldMacs);
   if (!interleaved) {
     // b~ = b - sum_g W~_g . mu  ->  the total gradient of W~_g is gW~_g - gb~ mu^T
     auto tot = (grad_weight.reshape({f.out, f.G, f.d}) -

@@ -4,6 +4,7 @@ forward = scale-invariance transform of the input (norm) -> whitening statistics
 sampled im2col patches (training) or the running averages (eval) -> whitening folded into
 the weights -> one ordinary convolution / linear map.  See docs/invariance-layer.md.
 """
+import contextlib
 import math
 
 import torch
@@ -17,6 +18,22 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 RF_EPS = 1.0          # added to the local std (norm="local")
 FREEZE_PERIOD = 1000  # freeze=True: batch statistics on iterations counter % 1000 <= 100
 FREEZE_ACTIVE = 100
+
+
+@contextlib.contextmanager
+def _one_thread(device):
+    """Small (d x d) math on one CPU thread: with more busy threads than cores every parallel
+    region of a 576^2 elementwise op waits for a descheduled thread (see SingleThreaded in
+    toolkit/csrc/composite.cpp)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Whitening(nn.Module):
@@ -44,11 +61,14 @@ class _Whitening(nn.Module):
         if self.sync:
             mean, second = average_moments(mean, second, self._sync_name)
         d = mean.shape[-1]
-        eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
-        sigma = second - mean.unsqueeze(-1) * mean.unsqueeze(-2) + self.eps * eye
+        with _one_thread(mean.device):
+            eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
+            # one outer-product update: its backward is two (d, d) x (d, 1) products
+            sigma = torch.baddbmm(second + self.eps * eye, mean.unsqueeze(-1),
+                                  mean.unsqueeze(-2), alpha=-1)
         method = options.resolve_method(self.method, sigma.device)
         whitening = ops.inv_sqrt(sigma, self.n_iter, method)
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread(mean.device):
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype),
                                                alpha=m)
