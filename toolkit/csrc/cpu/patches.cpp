@@ -81,7 +81,25 @@ void gather(const PatchGeometry& g, const Taps& taps, const scalar_t* x, scalar_
   });
 }
 
-template <typename scalar_t>
+// True when the sampled patches tile the input exactly: every pixel lies in exactly one patch
+// (k x k kernel, no dilation, sampling stride k, padding < k, tiles reaching the last pixel;
+// the default k = 3, sampling stride 3 on a stride-1 conv).  The backward then writes every
+// pixel once and needs neither a zero fill nor accumulation.
+bool tiles_input(const PatchGeometry& g) {
+  return !g.flat && g.dh == 1 && g.dw == 1 && g.sh == g.kh && g.sw == g.kw && g.ph < g.kh &&
+         g.pw < g.kw && g.Ho * g.kh - g.ph >= g.H && g.Wo * g.kw - g.pw >= g.W;
+}
+
+template <bool assign, typename scalar_t>
+inline void put(scalar_t& dst, scalar_t v) {
+  if constexpr (assign) {
+    dst = v;
+  } else {
+    dst += v;
+  }
+}
+
+template <bool assign, typename scalar_t>
 void scatter_rows(const PatchGeometry& g, const Taps& taps, const scalar_t* gX, scalar_t* gx,
                   int64_t r_begin, int64_t r_end) {
   const int64_t width = g.G * g.d, hw = g.H * g.W;
@@ -95,13 +113,13 @@ void scatter_rows(const PatchGeometry& g, const Taps& taps, const scalar_t* gX, 
         const scalar_t* src = gX + (grp * g.rows + r) * width;
         if (inside) {  // no padding taps: one offset table, no bounds checks
           scalar_t* base = gx + plane0 + h0 * g.W + w0;
-          for (int64_t t = 0; t < width; ++t) base[offset[t]] += src[t];
+          for (int64_t t = 0; t < width; ++t) put<assign>(base[offset[t]], src[t]);
           continue;
         }
         for (int64_t t = 0; t < width; ++t) {
           const int64_t h = h0 + taps.di[t], w = w0 + taps.dj[t];
           if (h >= 0 && h < g.H && w >= 0 && w < g.W)
-            gx[plane0 + taps.c[t] * hw + h * g.W + w] += src[t];
+            put<assign>(gx[plane0 + taps.c[t] * hw + h * g.W + w], src[t]);
         }
       }
     });
@@ -114,16 +132,20 @@ void scatter(const PatchGeometry& g, const Taps& taps, const scalar_t* gX, scala
   // the sampling stride; otherwise overlapping patches share pixels within one sample only.
   const bool disjoint =
       g.flat || ((g.kh - 1) * g.dh < g.sh && (g.kw - 1) * g.dw < g.sw);
-  if (disjoint) {
+  if (tiles_input(g)) {
     at::parallel_for(0, g.rows, 16, [&](int64_t b, int64_t e) {
-      scatter_rows(g, taps, gX, gx, b, e);
+      scatter_rows<true>(g, taps, gX, gx, b, e);
     });
-    return;
+  } else if (disjoint) {
+    at::parallel_for(0, g.rows, 16, [&](int64_t b, int64_t e) {
+      scatter_rows<false>(g, taps, gX, gx, b, e);
+    });
+  } else {
+    const int64_t per_sample = g.Ho * g.Wo;
+    at::parallel_for(0, g.N, 1, [&](int64_t b, int64_t e) {
+      scatter_rows<false>(g, taps, gX, gx, b * per_sample, e * per_sample);
+    });
   }
-  const int64_t per_sample = g.Ho * g.Wo;
-  at::parallel_for(0, g.N, 1, [&](int64_t b, int64_t e) {
-    scatter_rows(g, taps, gX, gx, b * per_sample, e * per_sample);
-  });
 }
 
 }  // namespace
@@ -150,7 +172,8 @@ at::Tensor sampled_patches_backward(const at::Tensor& grad_in, const at::Tensor&
                   grad_in.size(2) == g.d,
               "sampled_patches_backward: gradient has shape ", grad_in.sizes());
   auto grad = grad_in.contiguous();
-  auto gx = at::zeros(x.sizes(), grad.options());
+  auto gx = tiles_input(g) ? at::empty(x.sizes(), grad.options())
+                           : at::zeros(x.sizes(), grad.options());
   const auto taps = make_taps(g);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sampled_patches_backward", [&] {
     scatter<scalar_t>(g, taps, grad.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>());
