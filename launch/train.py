@@ -75,6 +75,8 @@ def parser():
                    help="checkpoint and exit after this many epochs in this invocation "
                         "(time-sliced jobs; continue with --resume)")
     g.add_argument("--log-interval", type=int, default=10, help="steps per metrics line")
+    g.add_argument("--progress", default="auto", choices=["auto", "always", "never"],
+                   help="tqdm bar on rank 0: auto = only when stderr is a terminal")
     g.add_argument("--threads", type=int, default=0,
                    help="torch threads per rank (0: $OMP_NUM_THREADS, else the cores this "
                         "process may use / ranks on this node)")

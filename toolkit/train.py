@@ -49,6 +49,12 @@ def default_threads(ranks_on_node):
     return max(1, len(os.sched_getaffinity(0)) // ranks_on_node)
 
 
+def show_progress(mode):
+    """auto: a bar only on a terminal. Launchers pipe every rank's output, where redrawn
+    bars turn into noise between the per-epoch lines; `always` forces it."""
+    return mode == "always" or (mode == "auto" and sys.stderr.isatty())
+
+
 def run_config(args, ctx):
     """What a checkpoint must agree with to be resumed by this run."""
     return {"model": args.model, "norm": args.norm, "dataset": args.dataset,
@@ -163,9 +169,9 @@ def train(args):
     while epoch < args.epochs and step < total_steps:
         loader = shard_loader(data.train, args.batch_size, ctx.rank, ctx.size, args.seed,
                               epoch, train=True, start_step=step_in_epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not ctx.is_root,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False,
-                   dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                   disable=not (ctx.is_root and show_progress(args.progress)),
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
         epoch_meter.reset()
         for x, y in bar:
             t0 = time.perf_counter()
@@ -214,7 +220,8 @@ def train(args):
                   comm_wait_s=strategy.comm_wait_s)
         dist.root_print(ctx, f"epoch {epoch}/{args.epochs} step {step}: train_loss="
                         f"{epoch_meter.loss:.4f} test_loss={test_loss:.4f} "
-                        f"test_acc={test_acc:.4f}")
+                        f"test_acc={test_acc:.4f} images/s="
+                        f"{epoch_meter.samples * ctx.size / max(epoch_meter.seconds, 1e-9):.0f}")
         if args.stop_after_epochs and epochs_this_run >= args.stop_after_epochs:
             stopped_by = f"--stop-after-epochs {args.stop_after_epochs}"
             dist.root_print(ctx, f"stopped by {stopped_by} at step {step}: checkpoint "
