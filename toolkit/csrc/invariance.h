@@ -6,29 +6,19 @@
 //   composite.cpp         device-agnostic ops built from ATen (matrix products, eigh)
 //   autograd.cpp          the autograd kernels, registered once for every device
 //   cpu/*.cpp             CPU kernels (at::parallel_for, OpenMP)
-//   cuda/*.cu, cuda/*.cpp CUDA kernels and their registration
+//   *_math.h, patch_geometry.h, ns_scalar.h
+//                         per-element math shared by CPU and CUDA (ATen-free, TK_HD)
+//   cuda/*.cu             CUDA kernels + plain launchers (cuda/launchers.h; no ATen/c10)
+//   cuda/*.cpp            tensor glue calling the launchers, and the CUDA registration
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <tuple>
 
-namespace invariance {
+#include "patch_geometry.h"  // PatchGeometry (ATen-free, shared with the CUDA launchers)
 
-// Where the sampled patches of a conv input come from, and how they are cut into vectors.
-// A row is one sampled patch of one group (length Cg*kh*kw, unfold order f = c*kk + i*kw + j);
-// it is viewed as a (d, G) matrix and each of its G columns (entries f = a*G + g) is one
-// vector of length d.  All vectors of one group are samples of that group's covariance.
-struct PatchGeometry {
-  int64_t N, C, H, W;
-  int64_t kh, kw, ph, pw, dh, dw, sh, sw;  // kernel, padding, dilation, sampling stride
-  int64_t groups, block;
-  int64_t Cg, G, kk, d;   // channels per group, blocks per row, kernel area, vector length
-  int64_t Ho, Wo;         // sampling grid (unused when flat)
-  int64_t rows;           // sampled rows per group
-  bool flat;              // 1x1 kernel: every (sh*sw)-th row of the NHWC-flattened input
-  int64_t vectors() const { return rows * G; }
-};
+namespace invariance {
 
 PatchGeometry patch_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef padding,
                              at::IntArrayRef dilation, at::IntArrayRef stride, int64_t groups,

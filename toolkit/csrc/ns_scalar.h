@@ -9,12 +9,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
-#ifdef __CUDACC__
-#define INV_HOST_DEVICE __host__ __device__
-#else
-#define INV_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 namespace invariance {
 
@@ -23,7 +20,7 @@ struct ScalarMap {
   double dpsi_dc; // partial derivative of psi with respect to c at fixed lam
 };
 
-INV_HOST_DEVICE inline ScalarMap ns_scalar(double lam, double c, int64_t n_iter) {
+TK_HD inline ScalarMap ns_scalar(double lam, double c, int64_t n_iter) {
   double y = lam / c, z = 1.0, dy = 1.0 / c, dz = 0.0;  // d/dlam of y and z
   for (int64_t k = 0; k < n_iter; ++k) {
     const double t = 0.5 * (3.0 - z * y);
@@ -37,8 +34,7 @@ INV_HOST_DEVICE inline ScalarMap ns_scalar(double lam, double c, int64_t n_iter)
   return {z * rs, -(lam / c) * dz * rs - 0.5 * z * rs / c};
 }
 
-INV_HOST_DEVICE inline double ns_divided_difference(double li, double lj, double c,
-                                                    int64_t n_iter) {
+TK_HD inline double ns_divided_difference(double li, double lj, double c, int64_t n_iter) {
   double yi = li / c, yj = lj / c, zi = 1.0, zj = 1.0;
   double Dy = 1.0 / c, Dz = 0.0;  // divided differences [lam_i, lam_j] of y and z
   for (int64_t k = 0; k < n_iter; ++k) {
