@@ -1,7 +1,10 @@
-"""CUDA side of the invariance layer: every .cu compiles with nvcc against torch's headers
-(whenever nvcc exists), and on a GPU machine (`pytest -m cuda`) the CUDA kernels equal the
-CPU ones."""
+"""CUDA side of the invariance layer.  Every .cu holds only kernels and plain launchers
+(cuda/launchers.h) and includes nothing from ATen/c10/torch, so it compiles with bare nvcc here
+(no torch include paths: the CPU wheel lacks c10/cuda's generated headers); the tensor glue
+(cuda/glue_*.cpp) is built only for CUDA torch.  On a GPU machine (`pytest -m cuda`) the CUDA
+kernels equal the CPU ones."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +19,8 @@ CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 CU_FILES = sorted(f for f in os.listdir(os.path.join(CSRC, "cuda")) if f.endswith(".cu"))
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc"
                                 if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
+FORBIDDEN = ("ATen/", "c10/", "torch/")
 
 
 def nvcc_arch():
@@ -27,32 +32,47 @@ def nvcc_arch():
     pytest.skip(f"{NVCC} supports none of sm_70/75/80/90: {listed.split()}")
 
 
-@pytest.fixture(scope="module")
-def include_dirs(tmp_path_factory):
-    from torch.utils.cpp_extension import include_paths
-    dirs = list(include_paths()) + [CSRC]
-    # CPU wheels ship the c10/cuda headers but not their generated build-config header.
-    generated = "c10/cuda/impl/cuda_cmake_macros.h"
-    if not any(os.path.exists(os.path.join(d, generated)) for d in dirs):
-        shim = tmp_path_factory.mktemp("cuda_shim")
-        os.makedirs(shim / "c10/cuda/impl")
-        (shim / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-        dirs.append(str(shim))
-    return dirs
+def own_includes(path, seen=None):
+    """{file: [includes]} for path and every header of ours it reaches (quoted includes,
+    resolved next to the including file, then in toolkit/csrc, like `nvcc -I toolkit/csrc`)."""
+    seen = {} if seen is None else seen
+    with open(path) as f:
+        found = [(kind, name) for kind, name in INCLUDE.findall(f.read())]
+    seen[path] = [name for _, name in found]
+    for kind, name in found:
+        if kind != '"':
+            continue
+        for base in (os.path.dirname(path), CSRC):
+            candidate = os.path.normpath(os.path.join(base, name))
+            if os.path.exists(candidate):
+                if candidate not in seen:
+                    own_includes(candidate, seen)
+                break
+    return seen
+
+
+@pytest.mark.parametrize("name", CU_FILES)
+def test_cu_file_includes_no_torch_headers(name):
+    """A .cu (or any header of ours it includes) that pulls in ATen/c10/torch cannot be built
+    by bare nvcc on this machine: tensor code belongs in the cuda/glue_*.cpp files."""
+    reached = own_includes(os.path.join(CSRC, "cuda", name))
+    bad = {os.path.relpath(f, CSRC): inc for f, incs in reached.items() for inc in incs
+           if inc.startswith(FORBIDDEN)}
+    assert not bad, f"{name} reaches torch headers: {bad}"
+    assert os.path.join(CSRC, "cuda", "launchers.h") in reached, \
+        f"{name} must define its launchers against cuda/launchers.h"
 
 
 @pytest.fixture(scope="module")
-def nvcc_results(include_dirs, tmp_path_factory):
-    """Compiles every .cu file (in parallel: header parsing dominates) -> {name: (rc, log, obj)}."""
+def nvcc_results(tmp_path_factory):
+    """Bare nvcc on every .cu (in parallel), only -I toolkit/csrc -> {name: (rc, log, obj)}."""
     arch = nvcc_arch()
     out_dir = tmp_path_factory.mktemp("nvcc")
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     procs = {}
     for name in CU_FILES:
         obj = out_dir / (name + ".o")
-        cmd = [NVCC, "-c", "-std=c++17", "-O0", f"-arch=sm_{arch}", "-diag-suppress", "3306",
-               f"-D_GLIBCXX_USE_CXX11_ABI={abi}", os.path.join(CSRC, "cuda", name), "-o",
-               str(obj)] + [f"-I{d}" for d in include_dirs]
+        cmd = [NVCC, "-c", "-std=c++17", "-O0", f"-arch=sm_{arch}", f"-I{CSRC}",
+               os.path.join(CSRC, "cuda", name), "-o", str(obj)]
         procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True), obj)
     results = {}
@@ -68,6 +88,25 @@ def test_cu_file_compiles_with_nvcc(name, nvcc_results):
     rc, log, obj = nvcc_results[name]
     assert rc == 0, log[-3000:]
     assert obj.stat().st_size > 0
+
+
+def launcher_names():
+    with open(os.path.join(CSRC, "cuda", "launchers.h")) as f:
+        return re.findall(r"^cudaError_t (\w+)\(", f.read(), re.M)
+
+
+@pytest.mark.skipif(NVCC is None or shutil.which("nm") is None, reason="nvcc or nm not found")
+def test_every_launcher_is_instantiated_for_float_and_double(nvcc_results):
+    """The glue (host C++) links against the launchers' explicit instantiations in the .cu
+    objects; a missing one would only show up as an undefined symbol on a CUDA build."""
+    objs = [str(obj) for rc, _, obj in nvcc_results.values() if rc == 0]
+    symbols = subprocess.run(["nm", "-C", "--defined-only"] + objs, capture_output=True,
+                             text=True).stdout
+    names = launcher_names()
+    assert len(names) == 8, names
+    for name in names:
+        for t in ("float", "double"):
+            assert f"invariance::cuda::launch::{name}<{t}>(" in symbols, (name, t)
 
 
 def test_every_cuda_kernel_file_is_registered():

@@ -1,14 +1,8 @@
-// Helpers shared by the CUDA kernels of the invariance layer.
+// Device helpers shared by the CUDA kernels of the invariance layer (CUDA runtime only: the
+// .cu files must compile with bare nvcc, without ATen/c10).
 #pragma once
 
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -21,8 +15,10 @@ inline int64_t blocks_for(int64_t n, int threads = kThreads) {
   return (n + threads - 1) / threads;
 }
 
-inline void check_cuda(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.is_cuda(), what, ": expected a CUDA tensor");
+// Grid of a grid-stride loop: enough blocks for n, capped at 65535 (the loop covers the rest).
+inline unsigned int grid_stride_blocks(int64_t n) {
+  const int64_t b = blocks_for(n);
+  return static_cast<unsigned int>(b < 65535 ? b : 65535);
 }
 
 // Sum over the block; every thread gets the total.  shared must hold 33 doubles and

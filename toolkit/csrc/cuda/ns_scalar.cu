@@ -1,7 +1,8 @@
 // Spectral Newton-Schulz on the GPU: the scalar map per eigenvalue and the matrix of divided
-// differences per eigenvalue pair (both in double, see ns_scalar.h).
+// differences per eigenvalue pair, both in double with the CPU kernel's functions
+// (ns_scalar.h).
 #include "common.cuh"
-#include "invariance.h"
+#include "launchers.h"
 #include "ns_scalar.h"
 
 namespace invariance {
@@ -29,52 +30,39 @@ __global__ void divided_kernel(const T* lam, const T* norm, T* out, int64_t d, i
                                                 static_cast<double>(norm[b]), n_iter));
 }
 
-void check(const at::Tensor& lam, const at::Tensor& norm, const char* name) {
-  check_cuda(lam, name);
-  TORCH_CHECK(lam.dim() == 2 && norm.dim() == 1 && norm.size(0) == lam.size(0), name,
-              ": expected eigenvalues (B, d) and norms (B,)");
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> ns_scalar_map(const at::Tensor& lam_in,
-                                                 const at::Tensor& norm_in, int64_t n_iter) {
-  check(lam_in, norm_in, "ns_scalar_map");
-  c10::cuda::CUDAGuard guard(lam_in.device());
-  auto lam = lam_in.contiguous();
-  auto norm = norm_in.to(lam.scalar_type()).contiguous();
-  auto psi = at::empty_like(lam), dpsi = at::empty_like(lam);
-  const int64_t total = lam.numel();
-  if (total == 0) return {psi, dpsi};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "ns_scalar_map_cuda", [&] {
-    map_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        lam.data_ptr<scalar_t>(), norm.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(),
-        dpsi.data_ptr<scalar_t>(), lam.size(1), total, n_iter);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {psi, dpsi};
+namespace launch {
+
+template <typename T>
+cudaError_t ns_scalar_map(const T* lam, const T* norm, T* psi, T* dpsi, int64_t batch, int64_t d,
+                          int64_t n_iter, cudaStream_t stream) {
+  const int64_t total = batch * d;
+  if (total == 0) return cudaSuccess;
+  map_kernel<T><<<static_cast<unsigned int>(blocks_for(total)), kThreads, 0, stream>>>(
+      lam, norm, psi, dpsi, d, total, n_iter);
+  return cudaGetLastError();
 }
 
-at::Tensor ns_divided_differences(const at::Tensor& lam_in, const at::Tensor& norm_in,
-                                  int64_t n_iter) {
-  check(lam_in, norm_in, "ns_divided_differences");
-  c10::cuda::CUDAGuard guard(lam_in.device());
-  auto lam = lam_in.contiguous();
-  auto norm = norm_in.to(lam.scalar_type()).contiguous();
-  const int64_t b = lam.size(0), d = lam.size(1);
-  auto out = at::empty({b, d, d}, lam.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "ns_divided_differences_cuda", [&] {
-    divided_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        lam.data_ptr<scalar_t>(), norm.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), d, total,
-        n_iter);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
+template <typename T>
+cudaError_t ns_divided_differences(const T* lam, const T* norm, T* out, int64_t batch, int64_t d,
+                                   int64_t n_iter, cudaStream_t stream) {
+  const int64_t total = batch * d * d;
+  if (total == 0) return cudaSuccess;
+  divided_kernel<T><<<static_cast<unsigned int>(blocks_for(total)), kThreads, 0, stream>>>(
+      lam, norm, out, d, total, n_iter);
+  return cudaGetLastError();
 }
 
+template cudaError_t ns_scalar_map<float>(const float*, const float*, float*, float*, int64_t,
+                                          int64_t, int64_t, cudaStream_t);
+template cudaError_t ns_scalar_map<double>(const double*, const double*, double*, double*,
+                                           int64_t, int64_t, int64_t, cudaStream_t);
+template cudaError_t ns_divided_differences<float>(const float*, const float*, float*, int64_t,
+                                                   int64_t, int64_t, cudaStream_t);
+template cudaError_t ns_divided_differences<double>(const double*, const double*, double*,
+                                                    int64_t, int64_t, int64_t, cudaStream_t);
+
+}  // namespace launch
 }  // namespace cuda
 }  // namespace invariance

@@ -1,8 +1,9 @@
-// Per-sample scale normalisation on the GPU: one block per row, two-pass mean / variance.
-#include <math_constants.h>
-
+// Per-sample scale normalisation on the GPU: one block per row, two-pass mean / variance in
+// double; the row coefficients and per-element formulas are those of the CPU kernel
+// (sample_norm_math.h).
 #include "common.cuh"
-#include "invariance.h"
+#include "launchers.h"
+#include "sample_norm_math.h"
 
 namespace invariance {
 namespace cuda {
@@ -24,11 +25,10 @@ __global__ void forward_kernel(const T* __restrict__ x, T* __restrict__ y, T* __
     const double c = static_cast<double>(xr[i]) - mean;
     q += c * c;
   }
-  const double sq = block_sum(q, shared);
-  const double sd = len > 1 ? sqrt(sq / static_cast<double>(len - 1)) : CUDART_NAN;
+  const double sd = sample_norm_std(block_sum(q, shared), len);
   const T m = static_cast<T>(mean);
   const T inv = static_cast<T>(1.0 / (sd + eps));
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) yr[i] = (xr[i] - m) * inv;
+  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) yr[i] = sample_norm_apply(xr[i], m, inv);
   if (threadIdx.x == 0) sigma[blockIdx.x] = static_cast<T>(sd);
 }
 
@@ -47,62 +47,45 @@ __global__ void backward_kernel(const T* __restrict__ g, const T* __restrict__ y
   }
   sg = block_sum(sg, shared);
   sgy = block_sum(sgy, shared);
-  const double s = static_cast<double>(sigma[blockIdx.x]);
-  const double denom = s + eps;
-  const double ratio = s > 0 ? denom / s : 0.0;
-  const T inv = static_cast<T>(1.0 / denom);
-  const T a = static_cast<T>(sg / static_cast<double>(len));
-  const T b = static_cast<T>(ratio * sgy / static_cast<double>(len - 1));
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) out[i] = (gr[i] - a - yr[i] * b) * inv;
-}
-
-int64_t row_length(const at::Tensor& x, int64_t norm_dims) {
-  TORCH_CHECK(norm_dims >= 1 && norm_dims <= x.dim(),
-              "sample_norm: norm_dims must be in [1, x.dim()], got ", norm_dims);
-  int64_t n = 1;
-  for (int64_t i = x.dim() - norm_dims; i < x.dim(); ++i) n *= x.size(i);
-  return n;
+  const SampleNormGrad k =
+      sample_norm_grad_coeffs(sg, sgy, static_cast<double>(sigma[blockIdx.x]), len, eps);
+  const T a = static_cast<T>(k.a), b = static_cast<T>(k.b), inv = static_cast<T>(k.inv);
+  for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+    out[i] = sample_norm_grad(gr[i], yr[i], a, b, inv);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> sample_norm_forward(const at::Tensor& x_in, int64_t norm_dims,
-                                                       double eps) {
-  check_cuda(x_in, "sample_norm_forward");
-  c10::cuda::CUDAGuard guard(x_in.device());
-  const int64_t len = row_length(x_in, norm_dims);
-  auto x = x_in.contiguous();
-  auto y = at::empty_like(x);
-  auto sigma = at::empty(x.sizes().slice(0, x.dim() - norm_dims), x.options());
-  const int64_t rows = len > 0 ? x.numel() / len : 0;
-  if (rows == 0) return {y, sigma};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sample_norm_forward_cuda", [&] {
-    forward_kernel<scalar_t><<<rows, kRowThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), sigma.data_ptr<scalar_t>(), len, eps);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {y, sigma};
+namespace launch {
+
+template <typename T>
+cudaError_t sample_norm_forward(const T* x, T* y, T* sigma, int64_t rows, int64_t len,
+                                double eps, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  forward_kernel<T><<<static_cast<unsigned int>(rows), kRowThreads, 0, stream>>>(x, y, sigma,
+                                                                                 len, eps);
+  return cudaGetLastError();
 }
 
-at::Tensor sample_norm_backward(const at::Tensor& grad_in, const at::Tensor& y_in,
-                                const at::Tensor& sigma_in, int64_t norm_dims, double eps) {
-  check_cuda(y_in, "sample_norm_backward");
-  c10::cuda::CUDAGuard guard(y_in.device());
-  const int64_t len = row_length(y_in, norm_dims);
-  auto g = grad_in.contiguous(), y = y_in.contiguous(), sigma = sigma_in.contiguous();
-  auto gx = at::empty_like(y);
-  const int64_t rows = len > 0 ? y.numel() / len : 0;
-  if (rows == 0) return gx;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "sample_norm_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<rows, kRowThreads, 0, stream>>>(
-        g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), sigma.data_ptr<scalar_t>(),
-        gx.data_ptr<scalar_t>(), len, eps);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return gx;
+template <typename T>
+cudaError_t sample_norm_backward(const T* grad, const T* y, const T* sigma, T* grad_x,
+                                 int64_t rows, int64_t len, double eps, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  backward_kernel<T><<<static_cast<unsigned int>(rows), kRowThreads, 0, stream>>>(
+      grad, y, sigma, grad_x, len, eps);
+  return cudaGetLastError();
 }
 
+template cudaError_t sample_norm_forward<float>(const float*, float*, float*, int64_t, int64_t,
+                                                double, cudaStream_t);
+template cudaError_t sample_norm_forward<double>(const double*, double*, double*, int64_t,
+                                                 int64_t, double, cudaStream_t);
+template cudaError_t sample_norm_backward<float>(const float*, const float*, const float*,
+                                                 float*, int64_t, int64_t, double, cudaStream_t);
+template cudaError_t sample_norm_backward<double>(const double*, const double*, const double*,
+                                                  double*, int64_t, int64_t, double,
+                                                  cudaStream_t);
+
+}  // namespace launch
 }  // namespace cuda
 }  // namespace invariance
