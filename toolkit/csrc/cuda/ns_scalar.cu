@@ -24,7 +24,10 @@ __global__ void divided_kernel(const T* lam, const T* norm, T* out, int64_t d, i
                                int64_t n_iter) {
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= total) return;
-  const int64_t b = k / (d * d), i = (k / d) % d, j = k % d;
+  const int64_t b = k / (d * d), r = (k / d) % d, c = k % d;
+  // Evaluated as [lam_lo, lam_hi] for both (r, c) and (c, r): the recursion is not bitwise
+  // symmetric in its arguments, and the CPU kernel mirrors its upper triangle.
+  const int64_t i = r < c ? r : c, j = r < c ? c : r;
   out[k] = static_cast<T>(ns_divided_difference(static_cast<double>(lam[b * d + i]),
                                                 static_cast<double>(lam[b * d + j]),
                                                 static_cast<double>(norm[b]), n_iter));
