@@ -110,16 +110,28 @@ def test_every_launcher_is_instantiated_for_float_and_double(nvcc_results):
 
 
 def test_every_cuda_kernel_file_is_registered():
-    """The .cu kernels are wired in: register_cuda.cpp names each CUDA entry point."""
+    """The .cu kernels are wired in: register_cuda.cpp names each CUDA entry point and a
+    cuda/glue_*.cpp defines it."""
     with open(os.path.join(CSRC, "cuda", "register_cuda.cpp")) as f:
         registered = f.read()
     with open(os.path.join(CSRC, "invariance.h")) as f:
         header = f.read()
     cuda_part = header[header.index("namespace cuda {"):]
+    glue = glue_sources()
     for fn in ("sample_norm_forward", "sample_norm_backward", "sampled_patches",
                "sampled_patches_backward", "local_stats_forward", "local_stats_backward",
                "ns_scalar_map", "ns_divided_differences"):
         assert f"invariance::cuda::{fn})" in registered and f" {fn}(" in cuda_part
+        assert re.search(rf"^\S.* {fn}\(", glue, re.M), f"no glue defines cuda::{fn}"
+
+
+def glue_sources():
+    text = ""
+    for name in sorted(os.listdir(os.path.join(CSRC, "cuda"))):
+        if name.startswith("glue_") and name.endswith(".cpp"):
+            with open(os.path.join(CSRC, "cuda", name)) as f:
+                text += f.read()
+    return text
 
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
