@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "invariance.h"
+#include "sample_norm_math.h"  // per-row/per-element formulas shared with the CUDA kernels
 
 namespace invariance {
 namespace cpu {
@@ -37,11 +38,11 @@ void forward_rows(const scalar_t* x, scalar_t* y, scalar_t* sigma, int64_t rows,
         const double c = xr[i] - mean;
         sq += c * c;
       }
-      const double s = len > 1 ? std::sqrt(sq / (len - 1)) : NAN;
+      const double s = sample_norm_std(sq, len);
       const scalar_t m = static_cast<scalar_t>(mean);
       const scalar_t inv = static_cast<scalar_t>(1.0 / (s + eps));
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yr[i] = (xr[i] - m) * inv;
+      for (int64_t i = 0; i < len; ++i) yr[i] = sample_norm_apply(xr[i], m, inv);
       sigma[r] = static_cast<scalar_t>(s);
     }
   });
@@ -62,14 +63,12 @@ void backward_rows(const scalar_t* g, const scalar_t* y, const scalar_t* sigma, 
         sg += gr[i];
         sgy += static_cast<double>(gr[i]) * yr[i];
       }
-      const double s = sigma[r];
-      const double denom = s + eps;
-      const double ratio = s > 0 ? denom / s : 0.0;  // constant rows: y == 0, no std term
-      const scalar_t inv = static_cast<scalar_t>(1.0 / denom);
-      const scalar_t a = static_cast<scalar_t>(sg / len);
-      const scalar_t b = static_cast<scalar_t>(ratio * sgy / (len - 1));
+      const SampleNormGrad k = sample_norm_grad_coeffs(sg, sgy, sigma[r], len, eps);
+      const scalar_t inv = static_cast<scalar_t>(k.inv);
+      const scalar_t a = static_cast<scalar_t>(k.a);
+      const scalar_t b = static_cast<scalar_t>(k.b);
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) out[i] = (gr[i] - a - yr[i] * b) * inv;
+      for (int64_t i = 0; i < len; ++i) out[i] = sample_norm_grad(gr[i], yr[i], a, b, inv);
     }
   });
 }
