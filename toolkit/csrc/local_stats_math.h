@@ -46,7 +46,7 @@ struct LocalMoments {
 
 TK_HD inline LocalMoments local_moments(double box_a, double box_q, double cnt, double rf_eps) {
   const double m = box_a / cnt, v = box_q / cnt - m * m;
-  return {m, v, sqrt(v > 0 ? v : 0.0) + rf_eps};
+  return {m, v, sqrt(v < 0 ? 0.0 : v) + rf_eps};  // clamps rounding, keeps NaN (as std::max)
 }
 
 // Gradients of one pixel's (mean, std) with respect to its box sums of A and Q; the box sum

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include "invariance.h"
+#include "local_stats_math.h"  // window, moments and chain rule shared with the CUDA kernels
 
 namespace invariance {
 namespace cpu {
@@ -26,22 +27,6 @@ void integral(const double* plane, int64_t H, int64_t W, double* S) {
       S[(h + 1) * (W + 1) + w + 1] = S[h * (W + 1) + w + 1] + run;
     }
   }
-}
-
-struct Window {
-  int64_t h0, h1, w0, w1;  // inclusive bounds, clipped to the image
-  int64_t count() const { return (h1 - h0 + 1) * (w1 - w0 + 1); }
-};
-
-inline Window window_at(int64_t h, int64_t w, int64_t r, int64_t H, int64_t W) {
-  return {std::max<int64_t>(0, h - r), std::min(H - 1, h + r), std::max<int64_t>(0, w - r),
-          std::min(W - 1, w + r)};
-}
-
-inline double box(const double* S, int64_t W, const Window& b) {
-  const int64_t s = W + 1;
-  return S[(b.h1 + 1) * s + b.w1 + 1] - S[b.h0 * s + b.w1 + 1] - S[(b.h1 + 1) * s + b.w0] +
-         S[b.h0 * s + b.w0];
 }
 
 void check(const at::Tensor& x, int64_t window) {
@@ -80,13 +65,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_stats_forward(const at::Ten
         for (int64_t h = 0; h < H; ++h) {
           for (int64_t w = 0; w < W; ++w) {
             const auto b = window_at(h, w, r, H, W);
-            const double cnt = static_cast<double>(b.count() * C);
-            const double m = box(SA.data(), W, b) / cnt;
-            const double v = box(SQ.data(), W, b) / cnt - m * m;
+            const auto m = local_moments(box_from_integral(SA.data(), W, b),
+                                         box_from_integral(SQ.data(), W, b),
+                                         static_cast<double>(b.count() * C), rf_eps);
             const int64_t o = n * H * W + h * W + w;
-            mp[o] = static_cast<scalar_t>(m);
-            vp[o] = static_cast<scalar_t>(v);
-            sp[o] = static_cast<scalar_t>(std::sqrt(std::max(v, 0.0)) + rf_eps);
+            mp[o] = static_cast<scalar_t>(m.mean);
+            vp[o] = static_cast<scalar_t>(m.var);
+            sp[o] = static_cast<scalar_t>(m.std);
           }
         }
       }
@@ -118,10 +103,9 @@ at::Tensor local_stats_backward(const at::Tensor& gmean_in, const at::Tensor& gs
           for (int64_t w = 0; w < W; ++w) {
             const int64_t i = h * W + w, o = n * H * W + i;
             const double cnt = static_cast<double>(window_at(h, w, r, H, W).count() * C);
-            const double v = vp[o];
-            const double gv = v > 0 ? gs[o] / (2.0 * std::sqrt(v)) : 0.0;
-            gA[i] = (gm[o] - 2.0 * mp[o] * gv) / cnt;
-            gQ[i] = gv / cnt;
+            const auto g = local_box_grads(gm[o], gs[o], mp[o], vp[o], cnt);
+            gA[i] = g.a;
+            gQ[i] = g.q;
           }
         }
         integral(gA.data(), H, W, SA.data());
@@ -129,15 +113,15 @@ at::Tensor local_stats_backward(const at::Tensor& gmean_in, const at::Tensor& gs
         for (int64_t h = 0; h < H; ++h) {
           for (int64_t w = 0; w < W; ++w) {
             const auto b = window_at(h, w, r, H, W);
-            gA[h * W + w] = box(SA.data(), W, b);
-            gQ[h * W + w] = box(SQ.data(), W, b);
+            gA[h * W + w] = box_from_integral(SA.data(), W, b);
+            gQ[h * W + w] = box_from_integral(SQ.data(), W, b);
           }
         }
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* plane = xp + (n * C + c) * H * W;
           scalar_t* op = out + (n * C + c) * H * W;
           for (int64_t i = 0; i < H * W; ++i)
-            op[i] = static_cast<scalar_t>(gA[i] + 2.0 * plane[i] * gQ[i]);
+            op[i] = static_cast<scalar_t>(local_input_grad(gA[i], gQ[i], plane[i]));
         }
       }
     });
