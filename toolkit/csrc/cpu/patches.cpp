@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include "invariance.h"
+#include "patch_geometry.h"  // patch index math shared with the CUDA kernels
 
 namespace invariance {
 namespace cpu {
@@ -25,16 +26,12 @@ Taps make_taps(const PatchGeometry& g) {
   t.di.resize(n);
   t.dj.resize(n);
   t.offset.resize(n);
-  for (int64_t blk = 0; blk < g.G; ++blk) {
-    for (int64_t a = 0; a < g.d; ++a) {
-      const int64_t f = a * g.G + blk;
-      const int64_t c = f / g.kk, tap = f % g.kk;
-      const int64_t k = blk * g.d + a;
-      t.c[k] = c;
-      t.di[k] = (tap / g.kw) * g.dh;
-      t.dj[k] = (tap % g.kw) * g.dw;
-      t.offset[k] = (c * g.H + t.di[k]) * g.W + t.dj[k];
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    const PatchTap tap = patch_tap(g, k);
+    t.c[k] = tap.c;
+    t.di[k] = tap.di;
+    t.dj[k] = tap.dj;
+    t.offset[k] = (tap.c * g.H + tap.di) * g.W + tap.dj;
   }
   return t;
 }
@@ -42,15 +39,8 @@ Taps make_taps(const PatchGeometry& g) {
 // Calls fn(row, n, h0, w0) with the top-left input pixel of the row's patch (flat: the pixel).
 template <typename Fn>
 inline void locate(const PatchGeometry& g, int64_t r, Fn&& fn) {
-  if (g.flat) {
-    const int64_t q = r * g.sh * g.sw, hw = g.H * g.W;
-    const int64_t n = q / hw, rem = q % hw;
-    fn(n, rem / g.W, rem % g.W);
-  } else {
-    const int64_t p = g.Ho * g.Wo;
-    const int64_t n = r / p, rem = r % p;
-    fn(n, (rem / g.Wo) * g.sh - g.ph, (rem % g.Wo) * g.sw - g.pw);
-  }
+  const PatchOrigin o = patch_origin(g, r);
+  fn(o.n, o.h0, o.w0);
 }
 
 template <typename scalar_t>
@@ -59,8 +49,7 @@ void gather(const PatchGeometry& g, const Taps& taps, const scalar_t* x, scalar_
   at::parallel_for(0, g.rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       locate(g, r, [&](int64_t n, int64_t h0, int64_t w0) {
-        const bool inside = h0 >= 0 && w0 >= 0 && h0 + (g.kh - 1) * g.dh < g.H &&
-                            w0 + (g.kw - 1) * g.dw < g.W;
+        const bool inside = patch_inside(g, h0, w0);
         for (int64_t grp = 0; grp < g.groups; ++grp) {
           const int64_t plane0 = (n * g.C + grp * g.Cg) * hw;
           scalar_t* o = out + (grp * g.rows + r) * width;
@@ -106,8 +95,7 @@ void scatter_rows(const PatchGeometry& g, const Taps& taps, const scalar_t* gX, 
   const int64_t* offset = taps.offset.data();
   for (int64_t r = r_begin; r < r_end; ++r) {
     locate(g, r, [&](int64_t n, int64_t h0, int64_t w0) {
-      const bool inside = h0 >= 0 && w0 >= 0 && h0 + (g.kh - 1) * g.dh < g.H &&
-                          w0 + (g.kw - 1) * g.dw < g.W;
+      const bool inside = patch_inside(g, h0, w0);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         const int64_t plane0 = (n * g.C + grp * g.Cg) * hw;
         const scalar_t* src = gX + (grp * g.rows + r) * width;
