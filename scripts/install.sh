@@ -41,8 +41,9 @@ if ! done_already "torch-$TORCH_VERSION"; then
     stamp "torch-$TORCH_VERSION"
 fi
 
-# 3. Python dependencies (runtime, tests, Horovod's build requirements).
-DEPS="numpy tqdm scikit-learn pillow matplotlib pytest packaging cloudpickle psutil pyyaml cmake setuptools wheel ninja cython"
+# 3. Python dependencies (runtime, tests, Horovod's build requirements). CMake stays below 4:
+#    CMake 4 refuses the cmake_minimum_required(< 3.5) of Horovod's bundled Gloo.
+DEPS="numpy tqdm scikit-learn pillow matplotlib pytest packaging cloudpickle psutil pyyaml cmake>=3.18,<4 setuptools wheel ninja cython"
 DEPS_KEY=$(echo "$DEPS" | md5sum | cut -c1-8)
 if ! done_already "deps-$DEPS_KEY"; then
     say "python deps: $DEPS"
@@ -67,7 +68,7 @@ if ! done_already "horovod-$HOROVOD_VERSION-torch-$TORCH_VERSION"; then
     $VENV/bin/python scripts/patch_horovod.py "$BUILD/horovod-$HOROVOD_VERSION"
     HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
     HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 \
-    MAKEFLAGS="-j$(nproc)" \
+    MAKEFLAGS="-j$(nproc)" CMAKE_POLICY_VERSION_MINIMUM=3.5 \
         $PIP install --no-build-isolation --no-cache-dir -c $CONSTRAINTS "$BUILD/horovod-$HOROVOD_VERSION"
     rm -rf "$BUILD"
     stamp "horovod-$HOROVOD_VERSION-torch-$TORCH_VERSION"
