@@ -128,16 +128,16 @@ def main(argv=None):
             dist.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         sys.exit(2)
     except (Diverged, CommunicationError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        dist.line_print(f"error: {exc}", file=sys.stderr)
         # Other ranks may be blocked in a collective: leave at once, the launcher ends them.
         os._exit(3 if isinstance(exc, Diverged) else 4)
     summary["wall_s"] = time.time() - started
     if ctx.is_root:
         write_json(os.path.join(args.out, "summary.json"), summary)
         acc = summary["test_acc"]
-        print(f"final: test_acc={acc:.3f} " if acc is not None else "final: test_acc=none ",
-              f"images_per_s={summary['images_per_s']:.1f} metrics={summary['metrics']} "
-              f"checkpoint={summary['checkpoint']}", sep="", flush=True)
+        acc_text = "none" if acc is None else f"{acc:.3f}"
+        dist.line_print(f"final: test_acc={acc_text} images_per_s={summary['images_per_s']:.1f} "
+                        f"metrics={summary['metrics']} checkpoint={summary['checkpoint']}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Run launch.train in tests: on real ranks or as one plain process."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,4 +44,8 @@ def final_line(proc):
     lines = [l[l.index("final: "):] for l in proc.stdout.splitlines()
              if l.startswith("final: ") or "]<stdout>:final: " in l]
     assert lines, f"no final line in:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    # The whole summary on ONE line: launchers tag each forwarded chunk, so a line printed
+    # in several writes arrives split (seen under horovodrun before line_print).
+    assert re.fullmatch(r"final: test_acc=\S+ images_per_s=\S+ metrics=\S+ checkpoint=\S+",
+                        lines[-1]), lines[-1]
     return lines[-1]

@@ -75,13 +75,22 @@ def allreduce_sum(tensor, name):
     return hvd.allreduce(tensor, op=hvd.Sum, name=name)
 
 
-def root_print(ctx, *args, **kwargs):
-    """print on rank 0 only, flushed (job logs are pipes, not terminals)."""
+def line_print(*args, sep=" ", file=None):
+    """One line in ONE write, flushed.  horovodrun runs Python unbuffered and mpirun tags
+    every chunk it forwards with `[1,0]<stdout>:`, so print()'s separate writes of the text
+    and of its newline would split a line in the job log."""
+    stream = file or sys.stdout
+    stream.write(sep.join(str(a) for a in args) + "\n")
+    stream.flush()
+
+
+def root_print(ctx, *args, sep=" ", file=None):
+    """A line on rank 0 only (job logs are pipes, not terminals)."""
     if ctx.is_root:
-        print(*args, **kwargs, flush=True)
+        line_print(*args, sep=sep, file=file)
 
 
 def fail(message, code=2):
     """One clear line on stderr and exit: for bad input that every rank detects alike."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    line_print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
