@@ -19,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 
-from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios, timeline_rounds
+from toolkit.bench.comm import (format_rate, rate_bits_per_s, ratios, round_ratio_spread,
+                                timeline_rounds)
 from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,6 +198,8 @@ def main(argv=None):
                      "allreduce_s": result["allreduce_s"], "timeline": timeline}
             entry["allreduce_over_compute"] = entry["allreduce_s"] / step_s["none"]
             entry["timeline_rounds"] = rounds = timeline_rounds(timeline)
+            entry["round_step_s"] = result["round_step_s"]
+            entry["per_round_ratios"] = spread = round_ratio_spread(result["round_step_s"])
             report["by_transport"][transport] = entry
             hidden = entry["hidden_fraction"]
             say(f"{transport}: dasgd/none {entry['dasgd_over_none']:.3f}  sync/none "
@@ -204,6 +207,10 @@ def main(argv=None):
                 f"hidden fraction {'n/a' if hidden is None else f'{hidden:.2f}'}  "
                 f"(allreduce alone {entry['allreduce_s']:.3f} s = "
                 f"{entry['allreduce_over_compute']:.2f} x compute)")
+            say(f"{transport}: per-round ratios, median [quartiles] over "
+                f"{spread['dasgd_over_none']['rounds']} rounds: " + "  ".join(
+                    f"{k.split('_')[0]}/none {v['median']:.3f} [{v['q1']:.3f}, {v['q3']:.3f}]"
+                    for k, v in spread.items()))
             if rounds["allreduce_s"] is not None and rounds["launch_interval_s"]:
                 say(f"{transport}: timeline: each dasgd.avg allreduce ran "
                     f"{rounds['allreduce_s']:.3f} s of the {rounds['launch_interval_s']:.3f} s "

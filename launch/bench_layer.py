@@ -41,7 +41,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     from models import build_model
     from tests.invariance_reference import to_reference
-    from toolkit.bench.layer import format_table, layer_table, make_batch, step_times
+    from toolkit.bench.layer import (floor_estimate, format_table, layer_table, make_batch,
+                                     step_times)
 
     kw = dict(num_classes=10, in_channels=3, image_size=args.image_size)
     inv = build_model(args.model, norm="inv", **kw)
@@ -63,6 +64,15 @@ def main(argv=None):
         rows = layer_table(inv, x)
         result["layers"] = rows
         print(format_table(rows))
+        floor_rows, floor_s = floor_estimate(inv, x, medians["bn"])
+        result.update(floor_layers=floor_rows, floor_inv_step_s=floor_s,
+                      floor_inv_over_bn=floor_s / medians["bn"])
+        totals = {k: sum(r[k] for r in floor_rows) for k in floor_rows[0] if k != "layer"}
+        print("unavoidable products summed over the layers (ms): " +
+              "  ".join(f"{k[:-3]} {v:.0f}" for k, v in totals.items()))
+        print(f"floor: BN step - BatchNorm + those products = {floor_s:.3f} s, i.e. "
+              f"inv_over_bn >= {result['floor_inv_over_bn']:.2f} for any implementation "
+              f"of this method on this machine", flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -30,7 +30,7 @@ def test_bench_comm_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "launch.bench_comm", "--json", str(out), "--model", "small_cnn",
-         "--image-size", "8", "--batch-size", "4", "--rounds", "1", "--block-steps", "3",
+         "--image-size", "8", "--batch-size", "4", "--rounds", "2", "--block-steps", "3",
          "--rate", "200mbit", "--transports", "mpi"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -42,6 +42,11 @@ def test_bench_comm_smoke(tmp_path):
         assert key in report
     assert report["dasgd_over_none"] == pytest.approx(
         report["step_s"]["dasgd"] / report["step_s"]["none"])
+    # Per-round times (slowest rank) for every strategy, and the ratios paired by round.
+    entry = report["by_transport"]["mpi"]
+    assert all(len(v) == 2 and min(v) > 0 for v in entry["round_step_s"].values())
+    spread = entry["per_round_ratios"]["dasgd_over_none"]
+    assert spread["rounds"] == 2 and spread["q1"] <= spread["median"] <= spread["q3"]
     # The dasgd run wrote a Horovod timeline that shows its named averages.
     timeline = report["by_transport"]["mpi"]["timeline"]
     assert os.path.exists(timeline)
@@ -60,3 +65,16 @@ def test_bench_comm_rejects_bad_rate(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "--rate must look like 800mbit" in proc.stderr
+
+
+def test_round_ratio_spread_pairs_turns_of_the_same_round():
+    from toolkit.bench.comm import round_ratio_spread
+    rounds = {"none": [1.0, 2.0, 1.0, 4.0], "dasgd": [1.1, 2.2, 1.1, 4.4], "sync": [2.0] * 4}
+    spread = round_ratio_spread(rounds)
+    # the load changed 4x between rounds, the paired ratio did not
+    assert spread["dasgd_over_none"]["median"] == pytest.approx(1.1)
+    assert spread["dasgd_over_none"]["q1"] == pytest.approx(1.1)
+    assert spread["dasgd_over_none"]["q3"] == pytest.approx(1.1)
+    assert spread["dasgd_over_none"]["rounds"] == 4
+    assert spread["sync_over_none"]["median"] == pytest.approx(1.5)
+    assert "local_over_none" not in spread

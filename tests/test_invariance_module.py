@@ -170,3 +170,8 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
         assert saved[key] > 0 and saved[key] == pytest.approx(result[key])
     assert saved["layers"] and {"forward_ms", "backward_ms", "share_stats", "share_inv_sqrt",
                                 "share_conv"} <= set(saved["layers"][0])
+    # the lower bound: one row per invariance layer, every part measured, bound below the step
+    assert len(saved["floor_layers"]) == len(saved["layers"])
+    assert all(v > 0 for r in saved["floor_layers"] for k, v in r.items() if k != "layer")
+    assert 0 < saved["floor_inv_step_s"] and saved["floor_inv_over_bn"] == pytest.approx(
+        saved["floor_inv_step_s"] / saved["bn_step_s"])

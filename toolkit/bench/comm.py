@@ -45,6 +45,22 @@ def ratios(step_s):
     return out
 
 
+def round_ratio_spread(round_step_s, over="none", of=("sync", "local", "dasgd")):
+    """Per-round ratios strategy/none (turns of one round run back to back, so a change in
+    the machine's load between rounds cancels): median and quartiles per strategy, which show
+    how far the ratio of the medians can be trusted on a shared machine."""
+    base = round_step_s.get(over)
+    spread = {}
+    for name in of:
+        if base is None or name not in round_step_s:
+            continue
+        per_round = sorted(a / b for a, b in zip(round_step_s[name], base))
+        q = statistics.quantiles(per_round, n=4) if len(per_round) >= 2 else per_round * 3
+        spread[f"{name}_over_{over}"] = {"median": statistics.median(per_round),
+                                         "q1": q[0], "q3": q[2], "rounds": len(per_round)}
+    return spread
+
+
 def timeline_rounds(path, tensor="dasgd.avg"):
     """From a Horovod timeline: how long each allreduce of `tensor` ran and how far apart
     the rounds started. An allreduce lasting most of the interval between two launches,
@@ -105,6 +121,7 @@ class _Contender:
         self.strategy = make_strategy(name, self.model, optimizer, period=args.period,
                                       delay=args.delay)
         self.times, self.waits = [], []
+        self.block_medians = []  # one per turn: pairs strategies that ran side by side
 
     def step(self, x, y, loss_fn, timed):
         wait_before = self.strategy.comm_wait_s
@@ -140,9 +157,12 @@ def run_worker(args):
                 # block's was flushed): it is not timed.
                 c.step(x, y, loss_fn, timed=i > 0)
             c.strategy.flush()  # nothing in flight while another strategy runs
+            c.block_medians.append(statistics.median(c.times[-(args.block_steps - 1):]))
     mine = torch.tensor([[statistics.median(c.times), statistics.mean(c.waits), min(c.times)]
                          for c in contenders], dtype=torch.float64)
     everyone = hvd.allgather(mine.unsqueeze(0), name="bench.result")  # ranks x strategies x 3
+    blocks = torch.tensor([c.block_medians for c in contenders], dtype=torch.float64)
+    block_all = hvd.allgather(blocks.unsqueeze(0), name="bench.blocks")  # ranks x strat x rounds
     model = contenders[0].model
     numel = sum(p.numel() for p in model.parameters()) + sum(
         b.numel() for b in model.buffers() if b.is_floating_point())
@@ -162,6 +182,9 @@ def run_worker(args):
                   # The fastest step is the least disturbed by other load (calibration).
                   "step_s_min": {c.name: float(everyone[:, i, 2].max())
                                  for i, c in enumerate(contenders)},
+                  # per round, slowest rank: for ratios of turns that ran back to back
+                  "round_step_s": {c.name: block_all[:, i, :].max(0).values.tolist()
+                                   for i, c in enumerate(contenders)},
                   "model_bytes": 4 * numel, "allreduce_s": probe}
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -156,3 +156,74 @@ def format_table(rows):
     total_b = sum(r["backward_ms"] for r in rows)
     lines.append(f"{'total':<22}{'':>20}{'':>6}{total_f:>9.1f}{total_b:>9.1f}")
     return "\n".join(lines)
+
+
+# ---- what no implementation of the method can avoid -------------------------------------
+
+def _floor_layer(layer, shape, repeats):
+    """Seconds of the dense products the method needs for one layer, run the way the ops
+    run them (BLAS, eigendecomposition on one thread): the sampled second moment and its
+    backward (X^T X on the lower block triangle, X A), the eigendecomposition, and the fold
+    with its two backward products.  Normalisation, gather/scatter, the spectral products
+    and every elementwise op are left out, so this is a lower bound on the layer's extra
+    cost over a plain conv."""
+    from toolkit.invariance import InvConv2d, ops
+    from toolkit.invariance.modules import _one_thread
+    x = torch.randn(shape)
+    if isinstance(layer, InvConv2d):
+        sample = tuple(layer.sampling_stride * s for s in layer.stride)
+        X = ops.ops.sampled_patches(x, list(layer.kernel_size), list(layer.padding),
+                                    list(layer.dilation), list(sample), layer.groups,
+                                    layer.block)
+    else:
+        X = x.reshape(1, -1, layer.block)
+    groups, d = X.shape[0], X.shape[-1]
+    mean, second = ops.ops.patch_moments(X)
+    sigma = second + 1e-3 * torch.eye(d)
+    A = torch.randn(groups, d, d)
+    cols = layer.weight.detach().reshape(groups, d, -1)  # the fold's (d, out*G) operand
+    g_cols = torch.randn_like(cols)
+
+    def eigh():
+        with _one_thread(x.device):
+            torch.linalg.eigh(sigma)
+    parts = {
+        "moments": lambda: ops.ops.patch_moments(X),
+        "moments_backward": lambda: torch.bmm(X, A),
+        "eigh": eigh,
+        "fold": lambda: (torch.bmm(sigma, cols), torch.bmm(sigma.mT, g_cols),
+                         torch.bmm(g_cols, cols.mT)),
+    }
+    for fn in parts.values():
+        fn()  # warm-up
+    return {name: _median_time(fn, repeats) for name, fn in parts.items()}
+
+
+def _bn_seconds(shape, repeats):
+    """BatchNorm2d forward + backward on a conv output shape: what the inv model drops."""
+    bn = torch.nn.BatchNorm2d(shape[1]).train()
+    x = torch.randn(shape, requires_grad=True)
+    g = torch.randn(shape)
+    bn(x).backward(g)
+    return _median_time(lambda: bn(x).backward(g), repeats)
+
+
+def floor_estimate(model, x, bn_step_s, repeats=3):
+    """Lower bound on the inv model's step from the measured BN step:
+    bn_step - (BatchNorm layers' fwd+bwd) + (each invariance layer's unavoidable products).
+    Returns (per-layer rows, floor step seconds)."""
+    from toolkit.invariance import InvConv2d
+    layers = invariance_layers(model)
+    shapes = layer_inputs(model, layers, x)
+    rows, extra, dropped = [], 0.0, 0.0
+    for name, layer in layers:
+        parts = _floor_layer(layer, shapes[name], repeats)
+        extra += sum(parts.values())
+        if isinstance(layer, InvConv2d):  # its BN twin sits on the conv output
+            with torch.no_grad():
+                out_shape = torch.nn.functional.conv2d(
+                    torch.zeros(shapes[name][:1] + shapes[name][1:]), layer.weight,
+                    None, layer.stride, layer.padding, layer.dilation, layer.groups).shape
+            dropped += _bn_seconds(tuple(out_shape), repeats)
+        rows.append(dict(layer=name, **{f"{k}_ms": 1e3 * v for k, v in parts.items()}))
+    return rows, bn_step_s - dropped + extra
