@@ -221,9 +221,9 @@ def floor_estimate(model, x, bn_step_s, repeats=3):
         extra += sum(parts.values())
         if isinstance(layer, InvConv2d):  # its BN twin sits on the conv output
             with torch.no_grad():
-                out_shape = torch.nn.functional.conv2d(
-                    torch.zeros(shapes[name][:1] + shapes[name][1:]), layer.weight,
-                    None, layer.stride, layer.padding, layer.dilation, layer.groups).shape
+                out_shape = F.conv2d(torch.zeros(shapes[name]), layer.weight, None,
+                                     layer.stride, layer.padding, layer.dilation,
+                                     layer.groups).shape
             dropped += _bn_seconds(tuple(out_shape), repeats)
         rows.append(dict(layer=name, **{f"{k}_ms": 1e3 * v for k, v in parts.items()}))
     return rows, bn_step_s - dropped + extra
