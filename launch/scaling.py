@@ -170,9 +170,11 @@ def cmd_project(args):
         f.write("# Projected scaling: sync vs dasgd\n\n" + text)
     with open(args.out + ".json", "w") as f:
         json.dump({"model": vars(model), "assumptions": notes, "rows": rows}, f, indent=2)
-    pj.plot(rows, args.out + ".png")
+    png = pj.plot(rows, args.out + ".png")
     print(text)
-    print(f"wrote {args.out}.md {args.out}.json {args.out}.png")
+    if png is None:
+        print("(no plot: matplotlib is not installed; pip install matplotlib)")
+    print(f"wrote {args.out}.md {args.out}.json" + (f" {png}" if png else ""))
     return 0
 
 

@@ -10,6 +10,15 @@ import time
 DEFAULTS = dict(model="small_cnn", dataset="digits", norm="inv", strategy="dasgd")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (those options explain their fallback themselves)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog="python -m launch.train",
@@ -22,9 +31,10 @@ def parser():
                "config.json, checkpoints/ckpt-<step>.pt. The last line printed is "
                "`final: test_acc=... images_per_s=... metrics=PATH checkpoint=PATH`. "
                "Exit codes: 0 done (or stopped cleanly by SIGTERM/SIGUSR1 after a "
-               "checkpoint), 2 bad input, 3 training diverged, 4 a collective stalled or "
-               "failed (another rank died or diverged from the others).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               "checkpoint), 2 bad input or a file that cannot be read or written, 3 training "
+               "diverged, 4 a collective stalled or failed (another rank died or diverged "
+               "from the others).",
+        formatter_class=_HelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=DEFAULTS["model"],
                    help="model name: small_cnn, resnet18_cifar, resnet20, resnet56, "
@@ -36,11 +46,13 @@ def parser():
                         "imagefolder, synthetic")
     g.add_argument("--data-dir", default=None, help="dataset location on disk")
     g.add_argument("--image-size", type=int, default=None,
-                   help="image size for imagefolder/synthetic data")
+                   help="image size for imagefolder/synthetic data; none given: 224 for "
+                        "imagefolder, 32 for synthetic")
     g = p.add_argument_group("distributed strategy")
     g.add_argument("--strategy", default=DEFAULTS["strategy"],
                    choices=["none", "sync", "local", "dasgd"],
-                   help="none: no communication; sync: Horovod DistributedOptimizer; "
+                   help="none: ranks train independently (models averaged only at "
+                        "evaluation and checkpoints); sync: Horovod DistributedOptimizer; "
                         "local: blocking model averaging every --period steps; dasgd: "
                         "delayed averaging that overlaps communication with compute")
     g.add_argument("--period", type=int, default=1, help="H: steps between averages")
@@ -49,23 +61,26 @@ def parser():
     g.add_argument("--warmup-steps", type=int, default=0,
                    help="synchronous steps before DaSGD starts")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=15)
+    g.add_argument("--epochs", type=int, default=15, help="passes over the training set")
     g.add_argument("--batch-size", type=int, default=32, help="batch per rank")
     g.add_argument("--lr", type=float, default=0.1,
                    help="learning rate of one worker; see --lr-scaling")
     g.add_argument("--lr-scaling", default="linear", choices=["linear", "none"],
                    help="linear: multiply --lr by the number of ranks")
-    g.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
+    g.add_argument("--schedule", default="cosine", choices=["cosine", "step"],
+                   help="per step: cosine to 0, or 10x drops at 50%% and 75%% of training")
     g.add_argument("--warmup-epochs", type=float, default=0.0,
-                   help="linear warm-up from --lr to the scaled lr")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--seed", type=int, default=0)
+                   help="linear warm-up from --lr to the scaled lr (from 0 when they are "
+                        "equal: one rank or --lr-scaling none)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds the model init, the data split, shuffling and augmentation")
     g.add_argument("--max-steps", type=int, default=0,
                    help="stop after this many steps in total (0: all epochs)")
     g = p.add_argument_group("run, checkpoints and logging")
     g.add_argument("--out", default=None,
-                   help="output directory (default: runs/<time>_<model>_<norm>_<strategy>_np<N>)")
+                   help="output directory; none given: runs/<time>_<model>_<norm>_<strategy>_np<N>")
     g.add_argument("--checkpoint-interval", type=int, default=0,
                    help="also checkpoint every N steps (0: only at the end of each epoch)")
     g.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
@@ -77,6 +92,9 @@ def parser():
     g.add_argument("--log-interval", type=int, default=10, help="steps per metrics line")
     g.add_argument("--progress", default="auto", choices=["auto", "always", "never"],
                    help="tqdm bar on rank 0: auto = only when stderr is a terminal")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: one GPU per rank (local rank) when CUDA is available, else "
+                        "the CPU. GPU runs need a Horovod built with GPU support")
     g.add_argument("--threads", type=int, default=0,
                    help="torch threads per rank (0: $OMP_NUM_THREADS, else the cores this "
                         "process may use / ranks on this node)")
@@ -124,13 +142,19 @@ def main(argv=None):
     except dist.LaunchError as exc:
         dist.fail(str(exc))
     except (ValueError, DataError, CheckpointError, FileNotFoundError) as exc:
-        if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", "0")) == "0":
+        # Bad input: every rank finds the same problem, rank 0 says it once.
+        if dist.launcher_rank() == 0:
             dist.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         sys.exit(2)
-    except (Diverged, CommunicationError) as exc:
-        dist.line_print(f"error: {exc}", file=sys.stderr)
+    except (Diverged, CommunicationError, OSError) as exc:
+        # Possibly seen by one rank only (a full disk on rank 0, a file one node cannot
+        # read): every rank that sees it says so.
+        rank = dist.launcher_rank()
+        where = f"rank {rank}: " if rank else ""
+        dist.line_print(f"error: {where}{exc}", file=sys.stderr)
         # Other ranks may be blocked in a collective: leave at once, the launcher ends them.
-        os._exit(3 if isinstance(exc, Diverged) else 4)
+        os._exit(3 if isinstance(exc, Diverged) else 4 if isinstance(
+            exc, CommunicationError) else 2)
     summary["wall_s"] = time.time() - started
     if ctx.is_root:
         write_json(os.path.join(args.out, "summary.json"), summary)

@@ -33,11 +33,15 @@ fi
 # The machine's pip config lists local indexes that lack some projects; pip warns about each.
 pip_quiet() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 PIP=pip_quiet
+cpu_torch_guard() {
+    $VENV/bin/python -c "import torch,sys; sys.exit('error: a CUDA build of torch is installed; expected the CPU wheel' if torch.version.cuda else 0)"
+}
 CONSTRAINTS=$VENV/constraints.txt
 echo "torch==$TORCH_VERSION" > $CONSTRAINTS
 if ! done_already "torch-$TORCH_VERSION"; then
     say "torch==$TORCH_VERSION (CPU wheel)"
     $PIP install "torch==$TORCH_VERSION"
+    cpu_torch_guard  # before the stamp: a CUDA wheel must not count as installed
     stamp "torch-$TORCH_VERSION"
 fi
 
@@ -50,7 +54,7 @@ if ! done_already "deps-$DEPS_KEY"; then
     $PIP install -c $CONSTRAINTS $DEPS
     stamp "deps-$DEPS_KEY"
 fi
-$VENV/bin/python -c "import torch,sys; sys.exit('error: a CUDA build of torch is installed; expected the CPU wheel' if torch.version.cuda else 0)"
+cpu_torch_guard
 
 # 4. mpi4py from source against the system mpicc (a wheel would bring its own MPI).
 if ! done_already "mpi4py-$MPI4PY_VERSION"; then

@@ -2,12 +2,15 @@
 reproducible augmentation, clear errors for bad paths."""
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.mpi_util import REPO
 from toolkit.data import DATASETS, DataError, load_dataset, shard_loader
 from toolkit.data.augment import random_resized_crop, sample_rng
 from toolkit.data.cifar import STATS
@@ -275,3 +278,20 @@ def test_synthetic_bad_options():
         load_dataset("synthetic", colour=True)
     with pytest.raises(DataError, match="num_train must be a positive integer"):
         load_dataset("synthetic", num_train=0)
+
+
+def test_data_works_without_pillow_and_imagefolder_says_what_is_missing():
+    """Pillow is an optional extra: without it digits still loads and imagefolder gives one
+    clear line naming the package (run in a fresh interpreter where PIL cannot import)."""
+    code = (
+        "import sys; sys.modules['PIL'] = None\n"
+        "from toolkit.data import load_dataset, DataError\n"
+        "assert len(load_dataset('digits', None, seed=0).train) > 1000\n"
+        "try:\n"
+        "    load_dataset('imagefolder', '/nonexistent', seed=0)\n"
+        "except DataError as exc:\n"
+        "    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "needs the Python package 'PIL'" in proc.stdout and "pip install pillow" in proc.stdout

@@ -288,3 +288,61 @@ def test_projection_reads_bench_comm_layout(tmp_path):
     with pytest.raises(ValueError, match="choose one with --transport"):
         measured_inputs(str(path))
     assert measured_inputs(str(path), "mpi", nbytes=1e6).points == [(2, 1e6, 0.5)]
+
+
+def test_report_and_project_without_matplotlib_write_tables_and_say_so(tmp_path):
+    """matplotlib is an optional extra: without it both commands still write their tables
+    and print one line about the missing plot (no traceback)."""
+    write_run(tmp_path, "weak-sync-n1", strategy="sync", workers=1, ips=10.0, mode="weak")
+    write_run(tmp_path, "weak-sync-n2", strategy="sync", workers=2, ips=19.0, mode="weak")
+    blocker = ("import sys, runpy; sys.modules['matplotlib'] = None; "
+               "sys.argv = ['launch.scaling'] + sys.argv[1:]; "
+               "runpy.run_module('launch.scaling', run_name='__main__')")
+    out = tmp_path / "proj"
+    for args in (["report", tmp_path],
+                 ["project", "--compute-s", "0.1", "--allreduce-s", "0.05", "--bytes", "1e6",
+                  "--workers", "8..64", "--out", out]):
+        proc = subprocess.run([sys.executable, "-c", blocker, *map(str, args)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "matplotlib is not installed" in proc.stdout and "Traceback" not in proc.stderr
+    assert (tmp_path / "scaling_report.md").exists() and (tmp_path / "scaling_report.csv").exists()
+    assert not (tmp_path / "scaling_report.png").exists()
+    assert (tmp_path / "proj.md").exists() and not (tmp_path / "proj.png").exists()
+
+
+def test_sweep_resubmission_skips_finished_and_active_runs_and_resumes_failed_ones(
+        tmp_path, monkeypatch):
+    """Re-running a sweep: a finished run is skipped, a run whose job is still queued is
+    skipped, a run that died after a checkpoint (or was preempted) is resubmitted with
+    --resume, an untouched one plainly (sbatch and scontrol replaced by recorders)."""
+    from toolkit.scaling import sweep
+    cfg = SweepConfig(workers=[1], batch_size=16, out=str(tmp_path), modes=["weak"],
+                      strategies=["sync", "dasgd"], train_args=["--model", "small_cnn"])
+    jobs = {j.strategy: j for j in plan(cfg)}
+    calls, states = [], {"41": "PENDING", "42": "FAILED"}
+    monkeypatch.setattr(sweep, "submit", lambda argv, **kw: calls.append(argv) or "77")
+    monkeypatch.setattr(sweep, "job_state", lambda job_id, **kw: (states[job_id], ""))
+
+    def marker(job, job_id):
+        os.makedirs(job.run_dir, exist_ok=True)
+        with open(os.path.join(job.run_dir, sweep.MARKER), "w") as f:
+            json.dump({"job_id": job_id}, f)
+
+    marker(jobs["sync"], "41")  # still pending: leave it alone
+    marker(jobs["dasgd"], "42")  # failed after writing a checkpoint
+    os.makedirs(os.path.join(jobs["dasgd"].run_dir, "checkpoints"))
+    open(os.path.join(jobs["dasgd"].run_dir, "checkpoints", "ckpt-00000010.pt"), "w").close()
+    done = sweep.submit_all(list(jobs.values()), log=lambda *a: None)
+    assert [j.strategy for j, _ in done] == ["dasgd"]
+    assert calls[-1][-1] == "--resume" and calls[-1][:-1] == jobs["dasgd"].argv
+
+    states["41"] = "COMPLETED"  # finished, with a summary: never resubmitted
+    with open(os.path.join(jobs["sync"].run_dir, "summary.json"), "w") as f:
+        json.dump({"stopped_by": None}, f)
+    with open(os.path.join(jobs["dasgd"].run_dir, "summary.json"), "w") as f:
+        json.dump({"stopped_by": "SIGUSR1"}, f)  # preempted: resume it
+    states["77"] = "PREEMPTED"
+    calls.clear()
+    done = sweep.submit_all(list(jobs.values()), log=lambda *a: None)
+    assert [j.strategy for j, _ in done] == ["dasgd"] and calls[0][-1] == "--resume"

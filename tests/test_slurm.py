@@ -139,4 +139,4 @@ def test_sweep_and_report(cluster, tmp_path):
                                   "--out", str(out), "--", *TINY],
                            cwd=REPO, env=cluster.env(), capture_output=True, text=True,
                            timeout=120)
-    assert again.returncode == 0 and again.stdout.count("already has summary.json") == 8
+    assert again.returncode == 0 and again.stdout.count("finished (summary.json)") == 8

@@ -19,11 +19,18 @@ def test_training_runs_under_every_launcher_and_loss_goes_down(tmp_path, np_, la
     assert f"metrics={out}/metrics.jsonl" in line and "checkpoint=" in line
     s = summary(out)
     assert s["world_size"] == np_ and s["steps"] == 2 * (1438 // (32 * np_))
+    assert s["device"] == "cpu" or torch.cuda.is_available()  # --device auto
     assert s["test_acc"] > 0.5 and f"test_acc={s['test_acc']:.3f}" in line
     losses = [r["loss"] for r in records(out, "interval")]
     assert losses[-1] < 0.7 * losses[0], losses
-    assert len(records(out, "epoch")) == 2
+    epochs = records(out, "epoch")
+    assert len(epochs) == 2
     assert os.path.isfile(s["checkpoint"])
+    # throughput and communication wait per interval and per epoch (not running totals)
+    assert all(r["images_per_s"] > 0 and r["comm_wait_s"] >= 0
+               for r in records(out, "interval") + epochs)
+    assert sum(r["comm_wait_s"] for r in epochs) == pytest.approx(s["comm_wait_s"], rel=1e-6,
+                                                                  abs=1e-9)
 
 
 def _final_params(out):

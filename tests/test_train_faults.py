@@ -30,6 +30,8 @@ def _digest(path):
     (["--batch-size", "5000"], "--batch-size 5000"),
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "-1"], "--lr"),
+    pytest.param(["--device", "cuda"], "--device cuda: no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, expected):
     proc = train_single("--epochs", "1", "--norm", "bn", "--strategy", "none",
@@ -154,3 +156,32 @@ def test_sigusr1_checkpoints_and_exits_cleanly(tmp_path):
     ckpt = sorted((out / "checkpoints").glob("ckpt-*.pt"))[-1]
     state = torch.load(ckpt, weights_only=False)
     assert state["step"] == summary(out)["steps"]
+
+
+def test_out_that_is_a_file_exits_2_and_leaves_the_file_alone(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me\n")
+    proc = train_single("--epochs", "1", "--norm", "bn", "--strategy", "none", "--out", target)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "exists and is not a directory" in _one_error_line(proc)
+    assert target.read_text() == "keep me\n"
+
+
+def test_resuming_an_older_checkpoint_never_deletes_newer_ones(tmp_path):
+    """An explicit older --resume in a directory with newer checkpoints is refused (it
+    would mix two runs); and pruning never removes checkpoints newer than the one saved."""
+    out = tmp_path / "run"
+    proc = train_single("--epochs", "2", "--norm", "bn", "--strategy", "none", "--out", out,
+                        "--keep", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    digests = {p: _digest(p) for p in (first, second)}
+    proc = train_single("--epochs", "2", "--norm", "bn", "--strategy", "none", "--out", out,
+                        "--resume", first, "--keep", "1")
+    assert proc.returncode == 2 and "is newer" in _one_error_line(proc)
+    assert {p: _digest(p) for p in (first, second)} == digests
+
+    from toolkit.checkpoint import Checkpointer
+    ckpts = Checkpointer(str(out / "checkpoints"), keep=1)
+    written = ckpts.save({"step": 1}, 1)  # older than both: only itself is kept up to step 1
+    assert os.path.exists(written) and first.exists() and second.exists()

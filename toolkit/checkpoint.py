@@ -59,10 +59,16 @@ class Checkpointer:
         paths = self.paths()
         return paths[-1] if paths else None
 
+    @staticmethod
+    def step_of(path):
+        return int(PATTERN.match(os.path.basename(path)).group(1))
+
     def save(self, state, step):
         path = os.path.join(self.directory, f"ckpt-{step:08d}.pt")
         save_atomic(dict(state, format_version=FORMAT_VERSION), path)
-        for old in self.paths()[:-self.keep]:
+        # Only checkpoints up to this step are pruned: a newer file is never deleted here.
+        upto = [p for p in self.paths() if self.step_of(p) <= step]
+        for old in upto[:-self.keep]:
             os.unlink(old)
         return path
 

@@ -21,6 +21,16 @@ class Dist:
         return self.rank == 0
 
 
+def launcher_rank(env=os.environ):
+    """This process's rank as the launcher announced it (usable before or without
+    hvd.init(), e.g. while reporting an error); 0 without a launcher."""
+    for var in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        value = env.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def detect_launcher(env=os.environ):
     """Which launcher started this process, judged from the variables it sets."""
     if "HOROVOD_GLOO_RENDEZVOUS_ADDR" in env:

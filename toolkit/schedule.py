@@ -12,9 +12,12 @@ def scaled_lr(base_lr, world_size, rule):
 
 
 def lr_at(step, *, peak_lr, total_steps, warmup_steps=0, schedule="cosine", start_lr=None):
-    """Linear warm-up from start_lr to peak_lr, then cosine to 0 or steps of 10x at 50%/75%."""
+    """Linear warm-up from start_lr to peak_lr, then cosine to 0 or steps of 10x at 50%/75%.
+
+    The warm-up starts at start_lr (one worker's lr, Goyal et al.) when that is below the
+    peak, else at 0: with one rank or without scaling a requested warm-up still happens."""
     if warmup_steps and step < warmup_steps:
-        start = peak_lr if start_lr is None else start_lr
+        start = 0.0 if start_lr is None or start_lr >= peak_lr else start_lr
         return start + (peak_lr - start) * step / warmup_steps
     if schedule == "cosine":
         span = max(total_steps - warmup_steps, 1)

@@ -26,12 +26,28 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def evaluate(model, dataset, ctx, batch_size):
+def resolve_device(name, local_rank):
+    """--device: auto = this rank's GPU (local rank modulo the visible GPUs) when CUDA is
+    available, else the CPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to this process "
+                         f"(torch {torch.__version__} reports none)")
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def evaluate(model, dataset, ctx, batch_size, device=torch.device("cpu")):
     """Test loss and accuracy over the whole test set (each rank scores its shard)."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for x, y in shard_loader(dataset, batch_size, ctx.rank, ctx.size, 0, 0, train=False):
+            x, y = x.to(device), y.to(device)
             out = model(x)
             totals += torch.tensor([F.cross_entropy(out, y, reduction="sum").item(),
                                     (out.argmax(1) == y).sum().item(), len(y)],
@@ -63,12 +79,27 @@ def run_config(args, ctx):
             "seed": args.seed}
 
 
+def check_out_dir(path):
+    """--out must be a directory we can create or write into (checked before any work)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path} exists and is not a directory")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path}: no permission to write in {parent}")
+
+
 def prepare(args, ctx):
     """Data, model, optimizer strategy and (with --resume) the checkpoint to continue from.
     Everything that can be wrong with the input is found here, before anything is written."""
     from models import build_model
     from toolkit.dasgd import make_strategy
 
+    check_out_dir(args.out)
+    device = resolve_device(getattr(args, "device", "cpu"), ctx.local_rank)
     ckpts = Checkpointer(os.path.join(args.out, "checkpoints"), keep=args.keep)
     data = load_dataset(args.dataset, args.data_dir, seed=args.seed, **args.data_options)
     if steps_per_epoch(len(data.train), args.batch_size, ctx.size) == 0:
@@ -76,7 +107,7 @@ def prepare(args, ctx):
                          f"{len(data.train)} training images of {args.dataset}")
     torch.manual_seed(args.seed)
     model = build_model(args.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, norm=args.norm)
+                        image_size=data.image_size, norm=args.norm).to(device)
     peak_lr = scaled_lr(args.lr, ctx.size, args.lr_scaling)
     optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
@@ -88,6 +119,12 @@ def prepare(args, ctx):
         if path is None:
             raise CheckpointError(f"--resume: no checkpoint in {ckpts.directory}")
         state = load_checkpoint(path, expect=run_config(args, ctx))
+        newest = ckpts.latest()
+        if newest is not None and ckpts.step_of(newest) > state["step"]:
+            raise CheckpointError(
+                f"--resume {path} is at step {state['step']} but {newest} is newer: resuming "
+                f"there would mix two runs in {ckpts.directory}; move the newer checkpoints "
+                f"away or choose another --out")
         model.load_state_dict(state["model"])
         strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["rng"])
@@ -99,7 +136,7 @@ def prepare(args, ctx):
     else:
         import horovod.torch as hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    return data, model, strategy, ckpts, state, peak_lr
+    return data, model, strategy, ckpts, state, peak_lr, device
 
 
 def train_step(model, strategy, x, y, lr):
@@ -120,7 +157,7 @@ def train(args):
     ctx = dist.init()
     torch.set_num_threads(args.threads or default_threads(ctx.local_size))
     out = args.out
-    data, model, strategy, ckpts, state, peak_lr = prepare(args, ctx)
+    data, model, strategy, ckpts, state, peak_lr, device = prepare(args, ctx)
     steps_epoch = steps_per_epoch(len(data.train), args.batch_size, ctx.size)
     step, epoch, step_in_epoch = (state["step"], state["epoch"], state["step_in_epoch"]) \
         if state else (0, 0, 0)
@@ -173,8 +210,10 @@ def train(args):
                    disable=not (ctx.is_root and show_progress(args.progress)),
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
         epoch_meter.reset()
+        epoch_comm_mark = strategy.comm_wait_s
+        t0 = time.perf_counter()  # step time includes loading its batch
         for x, y in bar:
-            t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = lr_at(step, peak_lr=peak_lr, total_steps=total_steps,
                        warmup_steps=warmup_steps, schedule=args.schedule, start_lr=args.lr)
             try:
@@ -203,6 +242,7 @@ def train(args):
                 checkpoint()
             if step >= total_steps:
                 break
+            t0 = time.perf_counter()  # the next step's clock: its batch loading, not the checkpoint
         bar.close()
         if stopped_by is not None:
             checkpoint()
@@ -212,12 +252,12 @@ def train(args):
         if step_in_epoch >= steps_epoch:
             epoch, step_in_epoch, epochs_this_run = epoch + 1, 0, epochs_this_run + 1
         checkpoint()
-        test_loss, test_acc = evaluate(model, data.test, ctx, args.batch_size)
+        test_loss, test_acc = evaluate(model, data.test, ctx, args.batch_size, device)
         last = {"test_loss": test_loss, "test_acc": test_acc}
         log.write("epoch", epoch=epoch, step=step, train_loss=epoch_meter.loss,
                   train_acc=epoch_meter.acc, test_loss=test_loss, test_acc=test_acc,
                   images_per_s=epoch_meter.samples * ctx.size / max(epoch_meter.seconds, 1e-9),
-                  comm_wait_s=strategy.comm_wait_s)
+                  comm_wait_s=strategy.comm_wait_s - epoch_comm_mark)
         dist.root_print(ctx, f"epoch {epoch}/{args.epochs} step {step}: train_loss="
                         f"{epoch_meter.loss:.4f} test_loss={test_loss:.4f} "
                         f"test_acc={test_acc:.4f} images/s="
@@ -231,7 +271,7 @@ def train(args):
     if not last:  # resumed a run that had already finished: score it once more
         checkpoint()
         last = dict(zip(("test_loss", "test_acc"),
-                        evaluate(model, data.test, ctx, args.batch_size)))
+                        evaluate(model, data.test, ctx, args.batch_size, device)))
     vote.drain()
     summary = {**run_config(args, ctx), "global_batch": args.batch_size * ctx.size,
                "epochs": args.epochs, "epochs_done": epoch, "steps": step, "lr": peak_lr,
@@ -241,5 +281,5 @@ def train(args):
                "comm_wait_s": strategy.comm_wait_s, "wall_s": None,
                "metrics": os.path.abspath(log.path), "checkpoint": os.path.abspath(ckpt_path)
                if ckpt_path else None, "hostname": socket.gethostname(),
-               "launcher": ctx.launcher, "stopped_by": stopped_by}
+               "launcher": ctx.launcher, "device": str(device), "stopped_by": stopped_by}
     return ctx, summary

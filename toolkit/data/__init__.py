@@ -19,6 +19,13 @@ class DataBundle:
     image_size: int
 
 
+def _missing_dependency(dataset, package):
+    def load(*args, **kwargs):
+        raise DataError(f"--dataset {dataset} needs the Python package {package!r}, which is "
+                        f"not installed (pip install {'pillow' if package == 'PIL' else package})")
+    return load
+
+
 def _registry():
     from toolkit.data import digits
     found = {"digits": digits.load}
@@ -29,8 +36,10 @@ def _registry():
         try:
             module = __import__(f"toolkit.data.{module_name}", fromlist=["load"])
         except ModuleNotFoundError as exc:
-            if exc.name != f"toolkit.data.{module_name}":
-                raise
+            if exc.name == f"toolkit.data.{module_name}":
+                continue
+            for name in names:  # an optional dependency is missing: say so when asked for
+                found[name] = _missing_dependency(name, exc.name)
             continue
         for name in names:
             found[name] = getattr(module, f"load_{name}", getattr(module, "load", None))

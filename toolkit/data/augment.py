@@ -9,9 +9,15 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image
 
 _MASK64 = (1 << 64) - 1
+
+
+def _bilinear():
+    # Pillow is only needed for image files (ImageFolder): importing it lazily keeps
+    # digits, CIFAR and synthetic data working without it.
+    from PIL import Image
+    return Image.BILINEAR
 
 
 def sample_rng(seed, epoch, index):
@@ -68,7 +74,7 @@ def random_resized_crop(image, size, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3
             top = int(rng.integers(0, height - crop_h + 1))
             left = int(rng.integers(0, width - crop_w + 1))
             box = (left, top, left + crop_w, top + crop_h)
-            return image.resize((size, size), Image.BILINEAR, box=box)
+            return image.resize((size, size), _bilinear(), box=box)
     # Extreme aspect ratios: fall back to the largest central crop within `ratio`.
     aspect = width / height
     if aspect < ratio[0]:
@@ -78,7 +84,7 @@ def random_resized_crop(image, size, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3
     else:
         crop_w, crop_h = width, height
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return image.resize((size, size), Image.BILINEAR,
+    return image.resize((size, size), _bilinear(),
                         box=(left, top, left + crop_w, top + crop_h))
 
 
@@ -88,7 +94,7 @@ def resize_center_crop(image, size, crop_fraction=0.875):
     short = int(round(size / crop_fraction))
     scale = short / min(width, height)
     new_w, new_h = max(size, int(round(width * scale))), max(size, int(round(height * scale)))
-    image = image.resize((new_w, new_h), Image.BILINEAR)
+    image = image.resize((new_w, new_h), _bilinear())
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
 

@@ -145,9 +145,11 @@ def to_markdown(rows, notes, checks=()):
 
 
 def plot(rows, path, title="Projected scaling (alpha-beta ring allreduce)"):
-    import matplotlib
-    matplotlib.use("Agg")  # batch nodes have no display
-    import matplotlib.pyplot as plt
+    """Write the PNG and return its path; None without matplotlib (an optional extra)."""
+    from toolkit.scaling.report import pyplot
+    plt = pyplot()
+    if plt is None:
+        return None
 
     ps = [r["workers"] for r in rows]
     fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -175,6 +177,7 @@ def plot(rows, path, title="Projected scaling (alpha-beta ring allreduce)"):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
 
 def parse_workers(text):

@@ -124,10 +124,22 @@ def write_csv(table, path):
             w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in COLUMNS])
 
 
-def plot(table, path):
-    import matplotlib
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib (an optional extra:
+    pip install matplotlib) is missing: tables are still written, the PNG is skipped."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")  # batch nodes have no display
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot(table, path):
+    plt = pyplot()
+    if plt is None:
+        return None
 
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2))
     groups = {}
@@ -153,6 +165,7 @@ def plot(table, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
 
 def make_report(root, prefix=None):
@@ -168,5 +181,7 @@ def make_report(root, prefix=None):
     with open(paths["md"], "w") as f:
         f.write("# Scaling report\n\n" + text)
     write_csv(table, paths["csv"])
-    plot(table, paths["png"])
+    if plot(table, paths["png"]) is None:
+        del paths["png"]
+        text += "\n(no plot: matplotlib is not installed; pip install matplotlib)\n"
     return text, paths

@@ -11,7 +11,7 @@ import os
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from toolkit.scaling.slurm_jobs import submit
+from toolkit.scaling.slurm_jobs import TERMINAL_STATES, job_state, submit
 
 MODES = ("weak", "strong")
 STRATEGIES = ("none", "sync", "local", "dasgd")
@@ -146,23 +146,51 @@ def format_command(argv):
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def submit_all(jobs, *, env=None, log=print):
-    """Submit every planned job whose run directory has no summary.json yet.
+def _run_status(run_dir, env=None):
+    """finished | active (its job is still queued or running) | resume | fresh."""
+    summary = os.path.join(run_dir, "summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            if not json.load(f).get("stopped_by"):  # a preempted run wrote one too
+                return "finished"
+    marker = os.path.join(run_dir, MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            job_id = json.load(f).get("job_id")
+        if job_id:
+            state, _ = job_state(job_id, env=env)
+            if state not in TERMINAL_STATES and state != "UNKNOWN":
+                return "active"
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if os.path.isdir(ckpt_dir) and any(n.startswith("ckpt-") for n in os.listdir(ckpt_dir)):
+        return "resume"
+    return "fresh"
 
-    Returns [(job, job_id)] of the submitted ones. A finished run is never overwritten: it
-    is skipped, so a sweep can be re-run to fill in the jobs that failed."""
+
+def submit_all(jobs, *, env=None, log=print):
+    """Submit every planned job whose run is not finished and not still queued or running.
+
+    Returns [(job, job_id)] of the submitted ones. A finished run is never overwritten; a
+    run that failed, timed out or was preempted after a checkpoint is resubmitted with
+    --resume, so re-running the sweep completes it."""
     submitted = []
     for job in jobs:
-        if os.path.exists(os.path.join(job.run_dir, "summary.json")):
-            log(f"skip {job.run_dir}: already has summary.json")
+        status = _run_status(job.run_dir, env)
+        if status == "finished":
+            log(f"skip {job.run_dir}: finished (summary.json)")
             continue
+        if status == "active":
+            log(f"skip {job.run_dir}: its job is still queued or running")
+            continue
+        argv = job.argv + (["--resume"] if status == "resume" else [])
         os.makedirs(job.run_dir, exist_ok=True)
-        job_id = submit(job.argv, cwd=toolkit_root(), env=env)
+        job_id = submit(argv, cwd=toolkit_root(), env=env)
         record = {k: v for k, v in asdict(job).items() if k != "argv"}
-        record.update(job_id=job_id, command=format_command(job.argv))
+        record.update(job_id=job_id, command=format_command(argv))
         with open(os.path.join(job.run_dir, MARKER), "w") as f:
             json.dump(record, f, indent=2)
         log(f"submitted job {job_id}: {job.mode} {job.strategy} n={job.workers} "
-            f"batch/rank={job.batch_per_rank} -> {job.run_dir}")
+            f"batch/rank={job.batch_per_rank}{' (resuming)' if status == 'resume' else ''} "
+            f"-> {job.run_dir}")
         submitted.append((job, job_id))
     return submitted

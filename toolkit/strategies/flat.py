@@ -12,10 +12,15 @@ class FlatBuffer:
 
     def __init__(self, tensors):
         tensors = list(tensors)
-        sizes = {}
+        sizes, devices = {}, {}
         for t in tensors:
             sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
-        self.flats = {dtype: torch.zeros(n, dtype=dtype) for dtype, n in sizes.items()}
+            if devices.setdefault(t.dtype, t.device) != t.device:
+                raise ValueError(f"FlatBuffer: {t.dtype} tensors on {devices[t.dtype]} and "
+                                 f"{t.device}; a model must live on one device")
+        # on the model's device: GPU models average GPU buffers (NCCL with a GPU Horovod)
+        self.flats = {dtype: torch.zeros(n, dtype=dtype, device=devices[dtype])
+                      for dtype, n in sizes.items()}
         offsets = dict.fromkeys(sizes, 0)
         self.views = []
         for t in tensors:
