@@ -295,3 +295,21 @@ def test_data_works_without_pillow_and_imagefolder_says_what_is_missing():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "needs the Python package 'PIL'" in proc.stdout and "pip install pillow" in proc.stdout
+
+
+@pytest.mark.parametrize("n, batch, world", [(1438, 32, 2), (1438, 32, 3), (100, 7, 4)])
+def test_training_shards_are_disjoint_equal_and_seeded(n, batch, world):
+    from toolkit.data.sharding import shard_indices, steps_per_epoch
+    shards = [shard_indices(n, batch, r, world, seed=5, epoch=2, train=True)
+              for r in range(world)]
+    steps = steps_per_epoch(n, batch, world)
+    assert all(len(s) == steps and all(len(b) == batch for b in s) for s in shards)
+    flat = [i for s in shards for b in s for i in b]
+    assert len(flat) == len(set(flat)) == steps * batch * world  # disjoint, nothing repeated
+    assert shards == [shard_indices(n, batch, r, world, seed=5, epoch=2, train=True)
+                      for r in range(world)]  # the same on every call (and rank)
+    assert shards[0] != shard_indices(n, batch, 0, world, seed=5, epoch=3, train=True)
+    # evaluation: every sample exactly once across ranks
+    test = [i for r in range(world) for b in shard_indices(n, batch, r, world, 0, 0, False)
+            for i in b]
+    assert sorted(test) == list(range(n))

@@ -141,18 +141,25 @@ def test_kill_9_one_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path):
 
 
 @pytest.mark.mpi
-def test_sigusr1_checkpoints_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
+def test_preemption_signal_checkpoints_and_exits_cleanly(tmp_path, signame):
+    """SIGUSR1 through mpirun (which forwards it to every rank, as `sbatch --signal` does),
+    SIGTERM straight to every rank (what SLURM sends all tasks at the time limit)."""
     out = tmp_path / "preempted"
     job = _start_long_run(out)
     try:
         assert _wait_for(lambda: len(list((out / "checkpoints").glob("ckpt-*.pt"))) >= 1, 120)
-        job.send_signal(signal.SIGUSR1)  # mpirun forwards SIGUSR1 to every rank
+        if signame == "SIGUSR1":
+            job.send_signal(signal.SIGUSR1)
+        else:
+            for pid in _rank_pids(job):
+                os.kill(pid, signal.SIGTERM)
         stdout, stderr = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
             job.kill()
     assert job.returncode == 0, stderr[-3000:]
-    assert "stopped by SIGUSR1" in stdout
+    assert f"stopped by {signame}" in stdout
     ckpt = sorted((out / "checkpoints").glob("ckpt-*.pt"))[-1]
     state = torch.load(ckpt, weights_only=False)
     assert state["step"] == summary(out)["steps"]
