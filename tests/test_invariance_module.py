@@ -1,11 +1,15 @@
 """Behaviour of InvConv2d / InvLinear as modules: arguments, eval cache, state_dict,
 freezing, sync in a single process, convert_model and the layer benchmark's code path."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from tests.mpi_util import REPO
 from toolkit.invariance import InvConv2d, InvLinear, convert_model
 
 
@@ -175,3 +179,32 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
     assert all(v > 0 for r in saved["floor_layers"] for k, v in r.items() if k != "layer")
     assert 0 < saved["floor_inv_step_s"] and saved["floor_inv_over_bn"] == pytest.approx(
         saved["floor_inv_step_s"] / saved["bn_step_s"])
+
+
+def _threads_in_fresh_process(env, code):
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+def test_small_math_threads_policy():
+    """auto: all intra-op threads unless ranks-on-node x threads exceed the usable cores,
+    then one; an explicit limit caps it; the env variable sets the start value; bad values
+    are a ValueError naming the argument."""
+    cores = len(os.sched_getaffinity(0))
+    code = ("import torch; from toolkit.invariance import small_math_threads as s, "
+            "set_small_math_threads as set_\n"
+            f"torch.set_num_threads({cores}); a = s(); set_(1); b = s(); set_(0); c = s()\n"
+            "print(a, b, c)")
+    env = {k: "" for k in ("OMPI_COMM_WORLD_LOCAL_SIZE", "HOROVOD_LOCAL_SIZE",
+                           "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE",
+                           "TOOLKIT_SMALL_MATH_THREADS")}
+    assert _threads_in_fresh_process(env, code) == [str(cores), "1", str(cores)]
+    crowded = dict(env, OMPI_COMM_WORLD_LOCAL_SIZE=str(cores + 1))
+    assert _threads_in_fresh_process(crowded, code)[0] == "1"
+    pinned = dict(env, TOOLKIT_SMALL_MATH_THREADS="1")
+    assert _threads_in_fresh_process(pinned, code)[0] == "1"
+    from toolkit.invariance import set_small_math_threads
+    with pytest.raises(ValueError, match="set_small_math_threads"):
+        set_small_math_threads(-1)

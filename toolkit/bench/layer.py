@@ -162,13 +162,13 @@ def format_table(rows):
 
 def _floor_layer(layer, shape, repeats):
     """Seconds of the dense products the method needs for one layer, run the way the ops
-    run them (BLAS, eigendecomposition on one thread): the sampled second moment and its
+    run them (BLAS; the eigendecomposition under the d x d thread policy): the sampled second moment and its
     backward (X^T X on the lower block triangle, X A), the eigendecomposition, and the fold
     with its two backward products.  Normalisation, gather/scatter, the spectral products
     and every elementwise op are left out, so this is a lower bound on the layer's extra
     cost over a plain conv."""
     from toolkit.invariance import InvConv2d, ops
-    from toolkit.invariance.modules import _one_thread
+    from toolkit.invariance.modules import _small_math_threads
     x = torch.randn(shape)
     if isinstance(layer, InvConv2d):
         sample = tuple(layer.sampling_stride * s for s in layer.stride)
@@ -185,7 +185,7 @@ def _floor_layer(layer, shape, repeats):
     g_cols = torch.randn_like(cols)
 
     def eigh():
-        with _one_thread(x.device):
+        with _small_math_threads(x.device):
             torch.linalg.eigh(sigma)
     parts = {
         "moments": lambda: ops.ops.patch_moments(X),

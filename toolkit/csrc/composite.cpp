@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include "invariance.h"
+#include "small_math_threads.h"
 
 namespace invariance {
 namespace {
@@ -48,26 +49,8 @@ Tensor call_divided_differences(const Tensor& lam, const Tensor& c, int64_t n) {
   return h.call(lam, c, n);
 }
 
-// Runs the enclosing scope with one intra-op thread (restored on exit).  The d x d math of
-// the layer (d <= 576: inverse square root, fold, the small elementwise ops around them) is
-// dozens of ATen calls per layer, each a parallel region with a barrier.  On a node with more
-// busy threads than cores every barrier waits for a descheduled thread (measured: a 576^2
-// multiply 16 ms with 2 threads vs 0.03 ms with one, a 576^3 bmm 32 ms vs 12 ms), so the CPU
-// runs it on one thread; only the batch-sized GEMMs and kernels use the thread pool.
-class SingleThreaded {
- public:
-  explicit SingleThreaded(bool active) : previous_(active ? at::get_num_threads() : 0) {
-    if (previous_ > 1) at::set_num_threads(1);
-  }
-  ~SingleThreaded() {
-    if (previous_ > 1) at::set_num_threads(previous_);
-  }
-  SingleThreaded(const SingleThreaded&) = delete;
-  SingleThreaded& operator=(const SingleThreaded&) = delete;
-
- private:
-  int previous_;
-};
+// The d x d math below runs under SmallMathThreads (small_math_threads.h): one thread on an
+// oversubscribed node, where parallel regions on 576 x 576 matrices stall.
 
 // Fold work below this many multiply-adds runs single-threaded (stage-0 layers: 2e7).
 constexpr double kSmallFoldMacs = 2.0e8;
@@ -91,7 +74,7 @@ Tensor gram(const Tensor& X, double scale) {
       at::addmm_out(block, block, Xg.slice(1, c0).t(), Xg.slice(1, c0, c1), /*beta=*/0,
                     /*alpha=*/scale);
     }
-    SingleThreaded scope(X.is_cpu());
+    SmallMathThreads scope(X.is_cpu());
     for (int64_t i = 0; i < panels; ++i) {
       for (int64_t j = i + 1; j < panels; ++j) {
         Sg.slice(0, edge(i), edge(i + 1)).slice(1, edge(j), edge(j + 1))
@@ -125,7 +108,7 @@ Tensor patch_moments_backward(const Tensor& grad_mean, const Tensor& grad_second
   const double m = static_cast<double>(X.size(1));
   Tensor A, shift;
   {
-    SingleThreaded scope(X.is_cpu());
+    SmallMathThreads scope(X.is_cpu());
     A = (grad_second + grad_second.mT()).div_(m);
     shift = grad_mean.unsqueeze(1).div(m);
   }
@@ -161,7 +144,7 @@ std::tuple<Tensor, Tensor> chunk_moments(const Tensor& x, int64_t block) {
 // trace[k] holds (Y_k, Z_k), the iterates entering step k, for the backward.
 std::tuple<Tensor, Tensor> inv_sqrt_newton_forward(const Tensor& sigma, int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_newton", n_iter);
-  SingleThreaded scope(sigma.is_cpu());
+  SmallMathThreads scope(sigma.is_cpu());
   const int64_t b = sigma.size(0), d = sigma.size(1);
   auto c = sigma.square().sum({-2, -1}, true).sqrt();
   auto I = at::eye(d, sigma.options()).expand({b, d, d});
@@ -180,7 +163,7 @@ std::tuple<Tensor, Tensor> inv_sqrt_newton_forward(const Tensor& sigma, int64_t 
 Tensor inv_sqrt_newton_backward(const Tensor& grad, const Tensor& sigma, const Tensor& trace,
                                 int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_newton_backward", n_iter);
-  SingleThreaded scope(sigma.is_cpu());
+  SmallMathThreads scope(sigma.is_cpu());
   const int64_t b = sigma.size(0), d = sigma.size(1);
   auto c = sigma.square().sum({-2, -1}, true).sqrt();
   auto I = at::eye(d, sigma.options()).expand({b, d, d});
@@ -220,14 +203,14 @@ Tensor inv_sqrt_newton_backward(const Tensor& grad, const Tensor& sigma, const T
 
 std::tuple<Tensor, Tensor, Tensor> inv_sqrt_spectral_forward(const Tensor& sigma, int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_spectral", n_iter);
-  SingleThreaded scope(sigma.is_cpu());
+  SmallMathThreads scope(sigma.is_cpu());
   // fp32 eigenvalues carry an absolute error of ~1e-7 ||Sigma||; with many iterations the map
   // is steep at small eigenvalues, so decompose in fp64 there (and whenever d is small).
   const bool promote =
       sigma.scalar_type() == at::kFloat && (n_iter > 7 || sigma.size(-1) <= 128);
   auto s = promote ? sigma.to(at::kDouble) : sigma;
   // LAPACK's tridiagonalisation is hundreds of small BLAS-2 calls, each a parallel region
-  // with a barrier: the worst case of the stalls described at SingleThreaded (10-100x).
+  // with a barrier: the worst case of the stalls described in small_math_threads.h (10-100x).
   auto [lam, Q] = at::linalg_eigh(s);
   auto c = s.square().sum({-2, -1}).sqrt();
   auto psi = std::get<0>(call_scalar_map(lam, c, n_iter));
@@ -240,7 +223,7 @@ std::tuple<Tensor, Tensor, Tensor> inv_sqrt_spectral_forward(const Tensor& sigma
 Tensor inv_sqrt_spectral_backward(const Tensor& grad, const Tensor& sigma, const Tensor& Q,
                                   const Tensor& lam, int64_t n_iter) {
   check_square_batch(sigma, "inv_sqrt_spectral_backward", n_iter);
-  SingleThreaded scope(sigma.is_cpu());
+  SmallMathThreads scope(sigma.is_cpu());
   auto c = sigma.square().sum({-2, -1}).sqrt();
   auto dpsi_dc = std::get<1>(call_scalar_map(lam, c, n_iter));
   auto K = call_divided_differences(lam, c, n_iter);
@@ -295,7 +278,7 @@ Tensor from_block_columns(const Tensor& cols, const FoldShape& f, at::IntArrayRe
 std::tuple<Tensor, Tensor> fold_weights(const Tensor& weight, const Tensor& D, const Tensor& mu,
                                         const Tensor& bias, int64_t groups, bool interleaved) {
   const auto f = fold_shape(weight, D, mu, bias, groups, interleaved);
-  SingleThreaded scope(weight.is_cpu() && fold_macs(f) < kSmallFoldMacs);
+  SmallMathThreads scope(weight.is_cpu() && fold_macs(f) < kSmallFoldMacs);
   if (!interleaved) {
     auto Wt = at::mm(weight.reshape({-1, f.d}), D[0]);
     auto Wsum = Wt.view({f.out, f.G, f.d}).sum(1);
@@ -311,7 +294,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fold_weights_backward(
     const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& weight, const Tensor& D,
     const Tensor& mu, const Tensor& folded, int64_t groups, bool interleaved) {
   const auto f = fold_shape(weight, D, mu, grad_bias, groups, interleaved);
-  SingleThreaded scope(weight.is_cpu() && fold_macs(f) < kSmallFoldMacs);
+  SmallMathThreads scope(weight.is_cpu() && fold_macs(f) < kSmallFoldMacs);
   if (!interleaved) {
     // b~ = b - sum_g W~_g . mu  ->  the total gradient of W~_g is gW~_g - gb~ mu^T
     auto tot = (grad_weight.reshape({f.out, f.G, f.d}) -

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "invariance.h"
+#include "small_math_threads.h"
 
 namespace invariance {
 // composite.cpp
@@ -98,6 +99,12 @@ TORCH_LIBRARY_IMPL(invariance, CompositeImplicitAutograd, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Kernels of the invariance layer; the ops live in torch.ops.invariance";
+  m.def("set_small_math_threads", &invariance::set_small_math_threads, pybind11::arg("n"),
+        "Threads for the layer's d x d math on the CPU: 0 = auto (1 when the node is "
+        "oversubscribed), n = at most n");
+  m.def("small_math_threads_setting", &invariance::small_math_threads_setting);
+  m.def("small_math_threads", &invariance::small_math_threads,
+        "The thread count the d x d math uses now");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops, options
+from .ops import _C
 from .sync import average_moments, new_name
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -21,15 +22,16 @@ FREEZE_ACTIVE = 100
 
 
 @contextlib.contextmanager
-def _one_thread(device):
-    """Small (d x d) math on one CPU thread: with more busy threads than cores every parallel
-    region of a 576^2 elementwise op waits for a descheduled thread (see SingleThreaded in
-    toolkit/csrc/composite.cpp)."""
+def _small_math_threads(device):
+    """The (d x d) math in Python under the extension's thread policy: one thread on an
+    oversubscribed node, where every parallel region of a 576^2 elementwise op waits for a
+    descheduled thread (toolkit/csrc/small_math_threads.h; set_small_math_threads)."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    wanted = _C.small_math_threads() if device.type == "cpu" else threads
+    if wanted >= threads:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(wanted)
     try:
         yield
     finally:
@@ -61,14 +63,14 @@ class _Whitening(nn.Module):
         if self.sync:
             mean, second = average_moments(mean, second, self._sync_name)
         d = mean.shape[-1]
-        with _one_thread(mean.device):
+        with _small_math_threads(mean.device):
             eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
             # one outer-product update: its backward is two (d, d) x (d, 1) products
             sigma = torch.baddbmm(second + self.eps * eye, mean.unsqueeze(-1),
                                   mean.unsqueeze(-2), alpha=-1)
         method = options.resolve_method(self.method, sigma.device)
         whitening = ops.inv_sqrt(sigma, self.n_iter, method)
-        with torch.no_grad(), _one_thread(mean.device):
+        with torch.no_grad(), _small_math_threads(mean.device):
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype),
                                                alpha=m)

@@ -160,6 +160,21 @@ def fold_weights(weight, whitening, mean, bias, groups, interleaved):
     return ops.fold_weights(weight, whitening, mean, bias, groups, interleaved)
 
 
+def set_small_math_threads(n):
+    """Intra-op threads for the layer's d x d math on the CPU (inverse square root, fold):
+    0 = auto (the default: one thread when threads per rank x ranks on the node exceed the
+    cores this process may use, else all of them), n >= 1 = at most n. The environment
+    variable TOOLKIT_SMALL_MATH_THREADS sets the initial value."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"set_small_math_threads: n must be an integer >= 0, got {n!r}")
+    _C.set_small_math_threads(n)
+
+
+def small_math_threads():
+    """The number of threads the d x d math would use right now."""
+    return _C.small_math_threads()
+
+
 def local_stats(x, window, rf_eps):
     """Local mean and std (N, 1, H, W) over window x window pixels and all channels."""
     return ops.local_stats(x, window, rf_eps)
