@@ -89,6 +89,16 @@ def fold_linear(weight, whiten, mean, bias):
     return wt, bias - wt.reshape(weight.shape[0], -1, b).sum(1) @ mean[0]
 
 
+def _copy_layer(ref, layer, options):
+    """The reference takes the layer's options, parameters and running buffers."""
+    for name in options:
+        setattr(ref, name, getattr(layer, name))
+    ref.weight = nn.Parameter(layer.weight.detach().clone())
+    ref.bias = nn.Parameter(layer._bias_or_zeros().detach().clone())
+    ref.register_buffer("running_mean", layer.running_mean.clone())
+    ref.register_buffer("running_whitening", layer.running_whitening.clone())
+
+
 class _RefBase(nn.Module):
     def _stats(self, mean, second):
         if self.training:
@@ -111,13 +121,9 @@ class _RefBase(nn.Module):
 class RefInvConv2d(_RefBase):
     def __init__(self, layer):
         super().__init__()
-        for name in ("kernel_size", "stride", "padding", "dilation", "groups", "block",
-                     "sampling_stride", "eps", "n_iter", "momentum", "norm", "window"):
-            setattr(self, name, getattr(layer, name))
-        self.weight = nn.Parameter(layer.weight.detach().clone())
-        self.bias = nn.Parameter(layer._bias_or_zeros().detach().clone())
-        self.register_buffer("running_mean", layer.running_mean.clone())
-        self.register_buffer("running_whitening", layer.running_whitening.clone())
+        _copy_layer(self, layer, ("kernel_size", "stride", "padding", "dilation", "groups",
+                                  "block", "sampling_stride", "eps", "n_iter", "momentum",
+                                  "norm", "window"))
 
     def forward(self, x):
         local = None
@@ -145,12 +151,7 @@ class RefInvConv2d(_RefBase):
 class RefInvLinear(_RefBase):
     def __init__(self, layer):
         super().__init__()
-        for name in ("block", "eps", "n_iter", "momentum", "norm"):
-            setattr(self, name, getattr(layer, name))
-        self.weight = nn.Parameter(layer.weight.detach().clone())
-        self.bias = nn.Parameter(layer._bias_or_zeros().detach().clone())
-        self.register_buffer("running_mean", layer.running_mean.clone())
-        self.register_buffer("running_whitening", layer.running_whitening.clone())
+        _copy_layer(self, layer, ("block", "eps", "n_iter", "momentum", "norm"))
 
     def forward(self, x):
         xhat = sample_norm(x, 1, self.eps) if self.norm == "sample" else x

@@ -56,4 +56,12 @@ PatchGeometry patch_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::In
   return g;
 }
 
+int64_t sample_norm_row_length(const at::Tensor& x, int64_t norm_dims) {
+  TORCH_CHECK(norm_dims >= 1 && norm_dims <= x.dim(),
+              "sample_norm: norm_dims must be in [1, x.dim()], got ", norm_dims);
+  int64_t n = 1;
+  for (int64_t i = x.dim() - norm_dims; i < x.dim(); ++i) n *= x.size(i);
+  return n;
+}
+
 }  // namespace invariance

@@ -20,6 +20,9 @@
 
 namespace invariance {
 
+// Entries per sample for sample_norm over the last `norm_dims` dimensions (checked).
+int64_t sample_norm_row_length(const at::Tensor& x, int64_t norm_dims);
+
 PatchGeometry patch_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef padding,
                              at::IntArrayRef dilation, at::IntArrayRef stride, int64_t groups,
                              int64_t block);

@@ -13,14 +13,6 @@ namespace invariance {
 namespace cpu {
 namespace {
 
-int64_t row_length(const at::Tensor& x, int64_t norm_dims) {
-  TORCH_CHECK(norm_dims >= 1 && norm_dims <= x.dim(),
-              "sample_norm: norm_dims must be in [1, x.dim()], got ", norm_dims);
-  int64_t n = 1;
-  for (int64_t i = x.dim() - norm_dims; i < x.dim(); ++i) n *= x.size(i);
-  return n;
-}
-
 template <typename scalar_t>
 void forward_rows(const scalar_t* x, scalar_t* y, scalar_t* sigma, int64_t rows, int64_t len,
                   double eps) {
@@ -77,7 +69,7 @@ void backward_rows(const scalar_t* g, const scalar_t* y, const scalar_t* sigma, 
 
 std::tuple<at::Tensor, at::Tensor> sample_norm_forward(const at::Tensor& x_in, int64_t norm_dims,
                                                        double eps) {
-  const int64_t len = row_length(x_in, norm_dims);
+  const int64_t len = sample_norm_row_length(x_in, norm_dims);
   auto x = x_in.contiguous();
   auto y = at::empty_like(x);
   const int64_t rows = len > 0 ? x.numel() / len : 0;
@@ -92,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> sample_norm_forward(const at::Tensor& x_in, i
 
 at::Tensor sample_norm_backward(const at::Tensor& grad_in, const at::Tensor& y_in,
                                 const at::Tensor& sigma_in, int64_t norm_dims, double eps) {
-  const int64_t len = row_length(y_in, norm_dims);
+  const int64_t len = sample_norm_row_length(y_in, norm_dims);
   auto g = grad_in.contiguous();
   auto y = y_in.contiguous();
   auto sigma = sigma_in.contiguous();

@@ -8,23 +8,12 @@
 
 namespace invariance {
 namespace cuda {
-namespace {
-
-int64_t row_length(const at::Tensor& x, int64_t norm_dims) {
-  TORCH_CHECK(norm_dims >= 1 && norm_dims <= x.dim(),
-              "sample_norm: norm_dims must be in [1, x.dim()], got ", norm_dims);
-  int64_t n = 1;
-  for (int64_t i = x.dim() - norm_dims; i < x.dim(); ++i) n *= x.size(i);
-  return n;
-}
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> sample_norm_forward(const at::Tensor& x_in, int64_t norm_dims,
                                                        double eps) {
   check_cuda(x_in, "sample_norm_forward");
   c10::cuda::CUDAGuard guard(x_in.device());
-  const int64_t len = row_length(x_in, norm_dims);
+  const int64_t len = sample_norm_row_length(x_in, norm_dims);
   auto x = x_in.contiguous();
   auto y = at::empty_like(x);
   auto sigma = at::empty(x.sizes().slice(0, x.dim() - norm_dims), x.options());
@@ -41,7 +30,7 @@ at::Tensor sample_norm_backward(const at::Tensor& grad_in, const at::Tensor& y_i
                                 const at::Tensor& sigma_in, int64_t norm_dims, double eps) {
   check_cuda(y_in, "sample_norm_backward");
   c10::cuda::CUDAGuard guard(y_in.device());
-  const int64_t len = row_length(y_in, norm_dims);
+  const int64_t len = sample_norm_row_length(y_in, norm_dims);
   auto g = grad_in.contiguous(), y = y_in.contiguous(), sigma = sigma_in.contiguous();
   auto gx = at::empty_like(y);
   const int64_t rows = len > 0 ? y.numel() / len : 0;
