@@ -116,7 +116,11 @@ def test_every_cuda_kernel_file_is_registered():
         registered = f.read()
     with open(os.path.join(CSRC, "invariance.h")) as f:
         header = f.read()
+    # cuda:: declares the backend kernel list (backend_kernels.inc), as cpu:: does
     cuda_part = header[header.index("namespace cuda {"):]
+    assert '#include "backend_kernels.inc"' in cuda_part
+    with open(os.path.join(CSRC, "backend_kernels.inc")) as f:
+        cuda_part = f.read()
     glue = glue_sources()
     for fn in ("sample_norm_forward", "sample_norm_backward", "sampled_patches",
                "sampled_patches_backward", "local_stats_forward", "local_stats_backward",

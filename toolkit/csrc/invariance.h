@@ -2,6 +2,7 @@
 //
 // Layout of the library:
 //   registration.cpp      operator schemas (TORCH_LIBRARY) and the Python module stub
+//   backend_kernels.inc   the kernel declarations every backend (cpu::, cuda::) implements
 //   geometry.cpp          shapes of the sampled im2col (shared by CPU and CUDA kernels)
 //   composite.cpp         device-agnostic ops built from ATen (matrix products, eigh)
 //   autograd.cpp          the autograd kernels, registered once for every device
@@ -27,49 +28,14 @@ PatchGeometry patch_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::In
                              at::IntArrayRef dilation, at::IntArrayRef stride, int64_t groups,
                              int64_t block);
 
+// CPU kernels (toolkit/csrc/cpu) and CUDA kernels (toolkit/csrc/cuda): the same list,
+// the same contracts.
 namespace cpu {
-std::tuple<at::Tensor, at::Tensor> sample_norm_forward(const at::Tensor& x, int64_t norm_dims,
-                                                       double eps);
-at::Tensor sample_norm_backward(const at::Tensor& grad, const at::Tensor& y,
-                                const at::Tensor& sigma, int64_t norm_dims, double eps);
-at::Tensor sampled_patches(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef padding,
-                           at::IntArrayRef dilation, at::IntArrayRef stride, int64_t groups,
-                           int64_t block);
-at::Tensor sampled_patches_backward(const at::Tensor& grad, const at::Tensor& x,
-                                    at::IntArrayRef kernel, at::IntArrayRef padding,
-                                    at::IntArrayRef dilation, at::IntArrayRef stride,
-                                    int64_t groups, int64_t block);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> local_stats_forward(const at::Tensor& x,
-                                                                   int64_t window, double rf_eps);
-at::Tensor local_stats_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
-                                const at::Tensor& x, const at::Tensor& mean,
-                                const at::Tensor& var, int64_t window);
-std::tuple<at::Tensor, at::Tensor> ns_scalar_map(const at::Tensor& lam, const at::Tensor& norm,
-                                                 int64_t n_iter);
-at::Tensor ns_divided_differences(const at::Tensor& lam, const at::Tensor& norm, int64_t n_iter);
+#include "backend_kernels.inc"
 }  // namespace cpu
 
-// CUDA kernels (toolkit/csrc/cuda), same contracts as the CPU ones.
 namespace cuda {
-std::tuple<at::Tensor, at::Tensor> sample_norm_forward(const at::Tensor& x, int64_t norm_dims,
-                                                       double eps);
-at::Tensor sample_norm_backward(const at::Tensor& grad, const at::Tensor& y,
-                                const at::Tensor& sigma, int64_t norm_dims, double eps);
-at::Tensor sampled_patches(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef padding,
-                           at::IntArrayRef dilation, at::IntArrayRef stride, int64_t groups,
-                           int64_t block);
-at::Tensor sampled_patches_backward(const at::Tensor& grad, const at::Tensor& x,
-                                    at::IntArrayRef kernel, at::IntArrayRef padding,
-                                    at::IntArrayRef dilation, at::IntArrayRef stride,
-                                    int64_t groups, int64_t block);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> local_stats_forward(const at::Tensor& x,
-                                                                   int64_t window, double rf_eps);
-at::Tensor local_stats_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
-                                const at::Tensor& x, const at::Tensor& mean,
-                                const at::Tensor& var, int64_t window);
-std::tuple<at::Tensor, at::Tensor> ns_scalar_map(const at::Tensor& lam, const at::Tensor& norm,
-                                                 int64_t n_iter);
-at::Tensor ns_divided_differences(const at::Tensor& lam, const at::Tensor& norm, int64_t n_iter);
+#include "backend_kernels.inc"
 }  // namespace cuda
 
 }  // namespace invariance
