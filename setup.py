@@ -61,7 +61,7 @@ setup(
     description="Distributed training on MPI/SLURM with the invariance layer and DaSGD",
     packages=find_packages(include=["toolkit", "toolkit.*", "launch", "launch.*",
                                     "models", "models.*"]),
-    package_data={"toolkit": ["csrc/*.h", "csrc/*/*.h"]},
+    package_data={"toolkit": ["csrc/*.h", "csrc/*/*.h", "openmpi_coll_rules.conf"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",

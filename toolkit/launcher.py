@@ -5,7 +5,11 @@ benchmarks and the SLURM scripts:
 - Open MPI refuses to run as root without two confirmation variables;
 - more ranks than cores needs --oversubscribe;
 - Open MPI busy-polls by default, so Horovod's background thread would eat a compute core;
-  mpi_yield_when_idle makes it yield (see the DaSGD spec for measured numbers).
+  mpi_yield_when_idle makes it yield (see the DaSGD spec for measured numbers);
+- Open MPI 4.1 averages large messages between 2 ranks with an algorithm that page-faults a
+  fresh temporary buffer in on every call; openmpi_coll_rules.conf selects the ring
+  algorithm there instead (measured numbers in that file). Defaults: a user's own
+  OMPI_MCA_coll_tuned_* settings win.
 """
 import os
 import sys
@@ -15,12 +19,21 @@ MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     "OMPI_MCA_mpi_yield_when_idle": "1",
 }
+OPENMPI_COLL_RULES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  "openmpi_coll_rules.conf")
+# Set only when the user has not chosen collective tuning of their own.
+MPI_DEFAULTS = {
+    "OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
+    "OMPI_MCA_coll_tuned_dynamic_rules_filename": OPENMPI_COLL_RULES,
+}
 
 
 def launcher_env(extra=None):
     """os.environ plus what Open MPI needs here; `extra` wins over both."""
     env = dict(os.environ)
     env.update(MPI_ENV)
+    if not any(key.startswith("OMPI_MCA_coll_tuned_") for key in env):
+        env.update(MPI_DEFAULTS)
     # One compute thread per rank unless told otherwise: ranks share the node's cores.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra or {})

@@ -1,0 +1,64 @@
+"""The Open MPI collective rules the launchers install (toolkit/openmpi_coll_rules.conf)."""
+import os
+import re
+
+from tests.mpi_util import py, run_ranks
+from toolkit.launcher import MPI_DEFAULTS, OPENMPI_COLL_RULES, launcher_env
+
+ALLREDUCE = 2  # Open MPI's collective id (COLLTYPE_T in coll_base_functions.h)
+
+
+def parse_rules(path):
+    """Open MPI 4's rules grammar: whitespace-separated integers, '#' to end of line.
+    Returns {collective id: {comm size: [(msg size, algorithm, faninout, segsize), ...]}}."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    numbers = iter([int(tok) for line in lines for tok in line.split("#", 1)[0].split()])
+    take = lambda: next(numbers)  # noqa: E731
+    rules = {}
+    for _ in range(take()):
+        coll = rules.setdefault(take(), {})
+        for _ in range(take()):
+            comm_size = take()
+            coll[comm_size] = [tuple(take() for _ in range(4)) for _ in range(take())]
+    assert next(numbers, None) is None, "numbers left over after the last rule"
+    return rules
+
+
+def test_rules_file_is_well_formed_and_selects_ring_for_two_rank_large_messages():
+    rules = parse_rules(OPENMPI_COLL_RULES)
+    assert set(rules) == {ALLREDUCE}
+    by_comm = rules[ALLREDUCE]
+    for comm_size, msg_rules in by_comm.items():
+        sizes = [m[0] for m in msg_rules]
+        assert sizes[0] == 0, "Open MPI ignores a file whose first message rule is not size 0"
+        assert sizes == sorted(sizes)
+    # 2 ranks: built-in decision (0) for small messages, ring (4) from 1 MiB on
+    assert by_comm[2] == [(0, 0, 0, 0), (1 << 20, 4, 0, 0)]
+    # 3+ ranks: an explicit "use the built-in decision", otherwise the 2-rank rule would apply
+    assert by_comm[3] == [(0, 0, 0, 0)]
+
+
+def test_launcher_env_sets_the_rules_unless_the_user_tunes_collectives(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("OMPI_MCA_coll_tuned_"):
+            monkeypatch.delenv(key)
+    env = launcher_env()
+    assert env["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "1"
+    assert env["OMPI_MCA_coll_tuned_dynamic_rules_filename"] == OPENMPI_COLL_RULES
+    monkeypatch.setenv("OMPI_MCA_coll_tuned_allreduce_algorithm", "3")
+    env = launcher_env()
+    assert env["OMPI_MCA_coll_tuned_allreduce_algorithm"] == "3"
+    assert not set(MPI_DEFAULTS) & set(env), "a user's own tuning must not be mixed with ours"
+
+
+def test_two_rank_allreduce_follows_the_rules_file():
+    """Behaviour, not timing: with the rules a 45 MB allreduce stops page-faulting a fresh
+    temporary in on every call (measured: ~5500 faults per call without, ~550 with)."""
+    def faults(env):
+        out = run_ranks(2, py("allreduce_faults.py", 11_200_000, 4), env=env).stdout
+        return int(re.search(r"faults_per_call=(\d+)", out).group(1))
+
+    with_rules = faults({**MPI_DEFAULTS})
+    built_in = faults({"OMPI_MCA_coll_tuned_use_dynamic_rules": "0"})
+    assert built_in > 3 * max(with_rules, 1), (with_rules, built_in)
