@@ -193,11 +193,15 @@ def main(argv=None):
             result = run_job(net, args, transport, list(STRATEGIES), out_dir, probe=3)
             run_job(net, args, transport, ["dasgd"], out_dir, rounds=2, timeline=timeline)
             step_s = result["step_s"]
+            cpu = result["cpu_s_per_step"]
             for strategy in STRATEGIES:
                 say(f"{transport:5s} {strategy:6s} step {step_s[strategy]:.3f} s (waiting on "
-                    f"communication {result['comm_wait_s_per_step'][strategy]:.3f} s/step)")
+                    f"communication {result['comm_wait_s_per_step'][strategy]:.3f} s/step; CPU "
+                    f"per step: compute threads {cpu[strategy]['compute']:.3f} s, "
+                    f"communication threads {cpu[strategy]['comm']:.3f} s)")
             entry = {"rate": rate, "step_s": step_s, **ratios(step_s),
                      "comm_wait_s_per_step": result["comm_wait_s_per_step"],
+                     "cpu_s_per_step": cpu,
                      "step_s_per_rank": result["step_s_per_rank"],
                      "timed_steps_per_strategy": result["timed_steps_per_strategy"],
                      "allreduce_s": result["allreduce_s"], "timeline": timeline}

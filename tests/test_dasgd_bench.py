@@ -45,6 +45,12 @@ def test_bench_comm_smoke(tmp_path):
     # Per-round times (slowest rank) for every strategy, and the ratios paired by round.
     entry = report["by_transport"]["mpi"]
     assert all(len(v) == 2 and min(v) > 0 for v in entry["round_step_s"].values())
+    # CPU per step split into compute and communication threads, for every strategy.
+    cpu = entry["cpu_s_per_step"]
+    assert set(cpu) == set(report["step_s"])
+    # (the smoke run's steps are milliseconds, below /proc's clock-tick resolution)
+    assert all(v["compute"] >= 0 and v["comm"] >= 0 for v in cpu.values())
+    assert "communication threads" in proc.stdout
     spread = entry["per_round_ratios"]["dasgd_over_none"]
     assert spread["rounds"] == 2 and spread["q1"] <= spread["median"] <= spread["q3"]
     # The dasgd run wrote a Horovod timeline that shows its named averages.
@@ -78,3 +84,31 @@ def test_round_ratio_spread_pairs_turns_of_the_same_round():
     assert spread["dasgd_over_none"]["rounds"] == 4
     assert spread["sync_over_none"]["median"] == pytest.approx(1.5)
     assert "local_over_none" not in spread
+
+
+def test_cpu_split_charges_the_listed_threads_to_communication():
+    import threading
+    import time
+
+    from toolkit.bench.comm import CpuSplit
+
+    def spin(seconds):
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    started, spun, release = threading.Event(), threading.Event(), threading.Event()
+    # the thread stays alive until measured: a finished thread leaves /proc
+    worker = threading.Thread(target=lambda: (started.wait(), spin(0.3), spun.set(),
+                                              release.wait()))
+    worker.start()
+    split = CpuSplit({str(worker.native_id)})
+    split.start()
+    started.set()
+    spin(0.2)  # this (compute) thread works too
+    spun.wait()
+    split.stop()
+    release.set()
+    worker.join()
+    assert split.comm_s == pytest.approx(0.3, abs=0.05)
+    assert split.compute_s == pytest.approx(0.2, abs=0.05)

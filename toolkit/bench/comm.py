@@ -10,6 +10,7 @@ inside a rate-limited network namespace and compares the strategies.
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import time
@@ -89,6 +90,50 @@ def timeline_rounds(path, tensor="dasgd.avg"):
             "launch_interval_s": statistics.median(gaps) if gaps else None}
 
 
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def thread_cpu_s():
+    """{thread id: CPU seconds (user + system)} for this process's threads, from /proc
+    (clock-tick resolution, so only sums over many steps mean something; {} off Linux)."""
+    seconds = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return seconds
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds[tid] = (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
+    return seconds
+
+
+class CpuSplit:
+    """CPU used by the compute threads vs the communication threads (those hvd.init()
+    started) over measured intervals. On a node whose cores the ranks' compute already
+    fills, the communication threads' CPU is what an overlapped average still costs."""
+
+    def __init__(self, comm_threads):
+        self.comm_threads = set(comm_threads)
+        self.compute_s = self.comm_s = 0.0
+        self._start = None
+
+    def start(self):
+        self._start = thread_cpu_s()
+
+    def stop(self):
+        end = thread_cpu_s()
+        for tid, seconds in end.items():
+            used = seconds - self._start.get(tid, 0.0)
+            if tid in self.comm_threads:
+                self.comm_s += used
+            else:
+                self.compute_s += used
+
+
 def synthetic_batches(count, batch_size, channels, image_size, num_classes, seed):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch_size, channels, image_size, image_size, generator=gen),
@@ -122,6 +167,7 @@ class _Contender:
                                       delay=args.delay)
         self.times, self.waits = [], []
         self.block_medians = []  # one per turn: pairs strategies that ran side by side
+        self.cpu = None  # CpuSplit over the timed steps
 
     def step(self, x, y, loss_fn, timed):
         wait_before = self.strategy.comm_wait_s
@@ -138,11 +184,14 @@ def run_worker(args):
     """All strategies in one job, taking turns in blocks of steps (the order rotates every
     round), so that they all see the same load on a shared machine."""
     from toolkit.dasgd import init_horovod, make_strategy
+    from toolkit.strategies.comm_threads import communication_threads
     hvd = init_horovod()
     torch.set_num_threads(args.threads)
     from models import build_model
     names = [n for n in args.strategies.split(",") if n]
     contenders = [_Contender(n, args, make_strategy, build_model) for n in names]
+    for c in contenders:
+        c.cpu = CpuSplit(communication_threads())
     batches = synthetic_batches(4, args.batch_size, 3, args.image_size, 10,
                                 seed=args.seed * 1000 + hvd.rank())
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -153,14 +202,18 @@ def run_worker(args):
             for i in range(args.block_steps):
                 x, y = batches[step % len(batches)]
                 step += 1
+                if i == 1:
+                    c.cpu.start()
                 # The first step of a block has no average in flight to merge (the last
                 # block's was flushed): it is not timed.
                 c.step(x, y, loss_fn, timed=i > 0)
+            c.cpu.stop()
             c.strategy.flush()  # nothing in flight while another strategy runs
             c.block_medians.append(statistics.median(c.times[-(args.block_steps - 1):]))
-    mine = torch.tensor([[statistics.median(c.times), statistics.mean(c.waits), min(c.times)]
+    mine = torch.tensor([[statistics.median(c.times), statistics.mean(c.waits), min(c.times),
+                          c.cpu.compute_s / len(c.times), c.cpu.comm_s / len(c.times)]
                          for c in contenders], dtype=torch.float64)
-    everyone = hvd.allgather(mine.unsqueeze(0), name="bench.result")  # ranks x strategies x 3
+    everyone = hvd.allgather(mine.unsqueeze(0), name="bench.result")  # ranks x strategies x 5
     blocks = torch.tensor([c.block_medians for c in contenders], dtype=torch.float64)
     block_all = hvd.allgather(blocks.unsqueeze(0), name="bench.blocks")  # ranks x strat x rounds
     model = contenders[0].model
@@ -182,6 +235,11 @@ def run_worker(args):
                   # The fastest step is the least disturbed by other load (calibration).
                   "step_s_min": {c.name: float(everyone[:, i, 2].max())
                                  for i, c in enumerate(contenders)},
+                  # CPU seconds per timed step, mean over ranks: compute threads vs the
+                  # threads hvd.init() started (the price of communicating on busy cores)
+                  "cpu_s_per_step": {c.name: {"compute": float(everyone[:, i, 3].mean()),
+                                              "comm": float(everyone[:, i, 4].mean())}
+                                     for i, c in enumerate(contenders)},
                   # per round, slowest rank: for ratios of turns that ran back to back
                   "round_step_s": {c.name: block_all[:, i, :].max(0).values.tolist()
                                    for i, c in enumerate(contenders)},

@@ -18,6 +18,7 @@ from .watchdog import apply_stall_defaults
 COMM_NICE_ENV = "TOOLKIT_COMM_NICE"
 DEFAULT_COMM_NICE = 0
 _TASKS = "/proc/self/task"
+_comm_threads = set()  # thread ids hvd.init() started (filled by init_horovod)
 
 
 def comm_nice(env=os.environ):
@@ -51,10 +52,18 @@ def init_horovod():
     before = _thread_ids()
     import horovod.torch as hvd
     hvd.init()
+    _comm_threads.update(_thread_ids() - before)
     if nice:
-        for tid in _thread_ids() - before:
+        for tid in _comm_threads:
             try:
                 os.setpriority(os.PRIO_PROCESS, int(tid), nice)
             except OSError:  # the thread ended meanwhile, or no permission: not fatal
                 pass
     return hvd
+
+
+def communication_threads():
+    """Ids (strings, as in /proc/self/task) of the threads hvd.init() started in this
+    process: Horovod's background thread and the MPI/Gloo threads under it. Empty before
+    init_horovod() or off Linux."""
+    return set(_comm_threads)
