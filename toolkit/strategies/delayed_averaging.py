@@ -120,8 +120,12 @@ class DaSGD(Strategy):
         slot.send.load(tensors)
         if slot.snapshot is not None:
             slot.snapshot.load(tensors)
-        handle = self._hvd.grouped_allreduce_async_(slot.send.tensors, name=slot.name,
-                                                    op=self._hvd.Average)
+        # With a snapshot the merge needs only ā - s, so send the sum and fold 1/n into the
+        # merge's subtraction: Horovod's separate scaling pass over the whole buffer (on the
+        # communication thread, competing with compute) is saved. For n a power of two the
+        # result is bit for bit that of op=Average.
+        op = self._hvd.Sum if slot.snapshot is not None else self._hvd.Average
+        handle = self._hvd.grouped_allreduce_async_(slot.send.tensors, name=slot.name, op=op)
         self.rounds_launched += 1
         rnd = _Round(slot, handle, slot.name, self.steps_done, self.steps_done + self.delay)
         if self.delay == 0:
@@ -138,8 +142,9 @@ class DaSGD(Strategy):
             # exactly (bit for bit periodic averaging).
             slot.send.store(tensors)
         else:
-            slot.send.subtract(slot.snapshot)  # send now holds ā - s
-            slot.send.add_into(tensors)
+            # send holds the sum over ranks: (sum - n s) / n = ā - s
+            slot.send.subtract(slot.snapshot, alpha=self.size)
+            slot.send.add_into(tensors, alpha=1.0 / self.size)
 
     def flush(self):
         """Wait for every in-flight average and merge it now (all ranks must call it)."""

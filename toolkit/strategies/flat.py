@@ -45,13 +45,13 @@ class FlatBuffer:
             for view, t in zip(self.views, tensors):
                 t.copy_(view)
 
-    def subtract(self, other):
-        """self -= other, flat by flat (other must have the same layout)."""
+    def subtract(self, other, alpha=1):
+        """self -= alpha * other, flat by flat (other must have the same layout)."""
         for dtype, flat in self.flats.items():
-            flat.sub_(other.flats[dtype])
+            flat.sub_(other.flats[dtype], alpha=alpha)
 
-    def add_into(self, tensors):
-        """tensors += this buffer."""
+    def add_into(self, tensors, alpha=1):
+        """tensors += alpha * this buffer."""
         with torch.no_grad():
             if tensors:
-                torch._foreach_add_(list(tensors), self.views)
+                torch._foreach_add_(list(tensors), self.views, alpha=alpha)
