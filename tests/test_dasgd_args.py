@@ -60,3 +60,14 @@ def test_comm_nice_setting():
     for bad in ("high", "20", "-1"):
         with pytest.raises(ValueError, match="TOOLKIT_COMM_NICE must"):
             comm_nice({"TOOLKIT_COMM_NICE": bad})
+
+
+def test_cycle_time_default_only_for_strategies_with_one_collective_per_step():
+    from toolkit.strategies.comm_threads import apply_cycle_time_default
+    for name in ("none", "local", "dasgd"):
+        env = {}
+        assert apply_cycle_time_default(name, env) == "5" and env == {"HOROVOD_CYCLE_TIME": "5"}
+    env = {}
+    assert apply_cycle_time_default("sync", env) is None and env == {}
+    env = {"HOROVOD_CYCLE_TIME": "0.5"}  # the user's choice wins
+    assert apply_cycle_time_default("dasgd", env) == "0.5"
