@@ -74,11 +74,21 @@ class DaSGD(Strategy):
             self._average_gradients()
         self.optimizer.step()
         self.steps_done += 1
-        while self._in_flight and self._in_flight[0].merge_at <= self.steps_done:
-            self._merge(self._in_flight.popleft())
         since = self.steps_done - self.warmup_steps
-        if since > 0 and since % self.period == 0:
-            self._launch()
+        launching = since > 0 and since % self.period == 0
+        prepared = False
+        while self._in_flight and self._in_flight[0].merge_at <= self.steps_done:
+            rnd = self._in_flight.popleft()
+            # The last merge of a step that launches into the same slot (H = d = 1, and
+            # d = H in general) writes the next round's buffers in the same pass.
+            prepared = (launching and not self._due() and
+                        rnd.slot is self._slots[self.rounds_launched % len(self._slots)])
+            self._merge(rnd, relaunch=prepared)
+        if launching:
+            self._launch(prepared=prepared)
+
+    def _due(self):
+        return bool(self._in_flight) and self._in_flight[0].merge_at <= self.steps_done
 
     def _average_gradients(self):
         """Warm-up: synchronous SGD by a blocking average of the gradients."""
@@ -112,14 +122,16 @@ class DaSGD(Strategy):
         self._slots = [_Slot(tensors, prefix if count == 1 else f"{prefix}.{i}",
                              with_snapshot=self.delay > 0) for i in range(count)]
 
-    def _launch(self):
+    def _launch(self, prepared=False):
+        """Start the next round; `prepared`: the merge just wrote its buffers already."""
         tensors = self._tensors()
         if self._slots is None:
             self._build_slots(tensors)
         slot = self._slots[self.rounds_launched % len(self._slots)]
-        slot.send.load(tensors)
-        if slot.snapshot is not None:
-            slot.snapshot.load(tensors)
+        if not prepared and slot.snapshot is not None:
+            slot.send.load_twice(tensors, slot.snapshot)
+        elif not prepared:
+            slot.send.load(tensors)
         # With a snapshot the merge needs only ā - s, so send the sum and fold 1/n into the
         # merge's subtraction: Horovod's separate scaling pass over the whole buffer (on the
         # communication thread, competing with compute) is saved. For n a power of two the
@@ -133,7 +145,7 @@ class DaSGD(Strategy):
         else:
             self._in_flight.append(rnd)
 
-    def _merge(self, rnd):
+    def _merge(self, rnd, relaunch=False):
         self._wait(rnd.handle, rnd.name)
         tensors = self._tensors()
         slot = rnd.slot
@@ -143,8 +155,7 @@ class DaSGD(Strategy):
             slot.send.store(tensors)
         else:
             # send holds the sum over ranks: (sum - n s) / n = ā - s
-            slot.send.subtract(slot.snapshot, alpha=self.size)
-            slot.send.add_into(tensors, alpha=1.0 / self.size)
+            slot.send.merge_into(tensors, slot.snapshot, self.size, relaunch=relaunch)
 
     def flush(self):
         """Wait for every in-flight average and merge it now (all ranks must call it)."""
