@@ -8,10 +8,12 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Open MPI busy-polls by default; yielding keeps Horovod's background thread off the compute cores.
 export OMPI_MCA_mpi_yield_when_idle := 1
-# Ring allreduce for large 2-rank messages (toolkit/openmpi_coll_rules.conf says why);
-# kept as defaults so that a user's own setting wins.
-export OMPI_MCA_coll_tuned_use_dynamic_rules ?= 1
-export OMPI_MCA_coll_tuned_dynamic_rules_filename ?= $(CURDIR)/toolkit/openmpi_coll_rules.conf
+# Ring allreduce for large 2-rank messages (toolkit/openmpi_coll_rules.conf says why), unless
+# the environment already tunes Open MPI's collectives (any OMPI_MCA_coll_tuned_* variable).
+ifeq ($(filter OMPI_MCA_coll_tuned_%,$(.VARIABLES)),)
+export OMPI_MCA_coll_tuned_use_dynamic_rules := 1
+export OMPI_MCA_coll_tuned_dynamic_rules_filename := $(CURDIR)/toolkit/openmpi_coll_rules.conf
+endif
 NP ?= 2
 RUN_ARGS ?=
 

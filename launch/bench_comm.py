@@ -170,6 +170,12 @@ def main(argv=None):
     for t in transports:
         if t not in TRANSPORTS:
             raise SystemExit(f"error: --transports takes {','.join(TRANSPORTS)}, got {t!r}")
+    if args.cycle_time_ms is None:
+        try:
+            args.cycle_time_ms = float(os.environ.get("HOROVOD_CYCLE_TIME", "5"))
+        except ValueError:
+            raise SystemExit(f"error: HOROVOD_CYCLE_TIME must be a number of milliseconds, "
+                             f"got {os.environ['HOROVOD_CYCLE_TIME']!r}") from None
     if args.cycle_time_ms <= 0:
         raise SystemExit(f"error: --cycle-time-ms must be > 0, got {args.cycle_time_ms}")
     for label, value in (("--rounds", args.rounds), ("--block-steps", args.block_steps - 1)):
@@ -257,10 +263,11 @@ def parser():
     p.add_argument("--period", type=int, default=1, help="H for local and dasgd")
     p.add_argument("--delay", type=int, default=1, help="d for dasgd")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    p.add_argument("--cycle-time-ms", type=float, default=5.0,
-                   help="HOROVOD_CYCLE_TIME for every strategy (they share one job): 5, what "
-                        "launch.train uses for none/local/dasgd (measured here, sync is faster "
-                        "at 5 than at Horovod's default 1, so the baseline is not handicapped)")
+    p.add_argument("--cycle-time-ms", type=float, default=None,
+                   help="HOROVOD_CYCLE_TIME for every strategy (they share one job); default: "
+                        "$HOROVOD_CYCLE_TIME if set, else 5, what launch.train uses for none and "
+                        "dasgd (sync measured faster at 5 than at Horovod's default 1 here, so "
+                        "the baseline is not handicapped)")
     p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")
     return p
 

@@ -135,7 +135,7 @@ def main(argv=None):
     from toolkit.metrics import write_json
     try:
         check_args(args)
-        ctx = dist.init(args.strategy)
+        ctx = dist.init(args.strategy, args.delay)
         if args.out is None:
             args.out = default_out(args, ctx.size)
         ctx, summary = train(args)

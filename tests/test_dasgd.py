@@ -58,6 +58,15 @@ def test_h1_d0_plain_sgd_equals_horovod_sync(ranks):
         assert torch.equal(r["sync_eq"]["dasgd"], ranks[0]["sync_eq"]["dasgd"])
 
 
+def test_fused_merge_and_relaunch_equals_separate_passes(ranks):
+    """When d is a multiple of H the merge writes the next round's snapshot and send buffer
+    in the same pass; the trajectory is bit for bit that of separate passes."""
+    for rank in ranks:
+        for label, (fused, separate) in rank["fused_relaunch"].items():
+            assert fused["fused_merges"] > 0 and separate["fused_merges"] == 0, label
+            assert torch.equal(fused["params"], separate["params"]), label
+
+
 def test_whole_uneven_epochs_then_identical_state_on_every_rank(ranks):
     np = len(ranks)
     expected_steps = 3 * (53 // (4 * np))

@@ -62,12 +62,14 @@ def test_comm_nice_setting():
             comm_nice({"TOOLKIT_COMM_NICE": bad})
 
 
-def test_cycle_time_default_only_for_strategies_with_one_collective_per_step():
+def test_cycle_time_default_only_for_strategies_that_never_block_on_the_average():
     from toolkit.strategies.comm_threads import apply_cycle_time_default
-    for name in ("none", "local", "dasgd"):
+    for name, delay in (("none", 1), ("dasgd", 1), ("dasgd", 3)):
         env = {}
-        assert apply_cycle_time_default(name, env) == "5" and env == {"HOROVOD_CYCLE_TIME": "5"}
-    env = {}
-    assert apply_cycle_time_default("sync", env) is None and env == {}
+        assert apply_cycle_time_default(name, delay, env) == "5"
+        assert env == {"HOROVOD_CYCLE_TIME": "5"}
+    for name, delay in (("sync", 1), ("local", 0), ("dasgd", 0), (None, 1)):
+        env = {}
+        assert apply_cycle_time_default(name, delay, env) is None and env == {}
     env = {"HOROVOD_CYCLE_TIME": "0.5"}  # the user's choice wins
-    assert apply_cycle_time_default("dasgd", env) == "0.5"
+    assert apply_cycle_time_default("dasgd", 1, env) == "0.5"

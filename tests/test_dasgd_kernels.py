@@ -26,7 +26,8 @@ def reference_merge(model, sum_flat, snap_flat, ranks):
     return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16,
+                                   torch.float16])
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 @pytest.mark.parametrize("relaunch", [False, True])
 def test_merge_equals_the_formula(dtype, ranks, relaunch):
@@ -38,7 +39,8 @@ def test_merge_equals_the_formula(dtype, ranks, relaunch):
             ).to(dtype)
     expected = reference_merge(model, send, snap, ranks)
     torch.ops.dasgd.merge_(model, send, snap, ranks, relaunch)
-    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2,
+           torch.float16: 2e-3}[dtype]
     for got, want in zip(model, expected):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     if relaunch:  # the next round's send buffer and snapshot hold the merged model

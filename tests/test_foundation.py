@@ -11,8 +11,13 @@ VENV_BIN = os.path.dirname(sys.executable)
 
 
 def test_mpi4py_links_the_system_open_mpi():
-    from mpi4py import MPI
-    assert "Open MPI" in MPI.Get_library_version()
+    # In a child: importing mpi4py initialises MPI as a singleton, which leaves Open MPI/PMIx
+    # variables in this process's environment that later mpirun jobs started from the test
+    # process would inherit (mpirun inside another network namespace then failed).
+    out = subprocess.run([sys.executable, "-c",
+                          "from mpi4py import MPI; print(MPI.Get_library_version())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "Open MPI" in out
 
 
 def test_horovod_build_has_pytorch_mpi_and_gloo():

@@ -2,6 +2,8 @@
 import os
 import re
 
+import pytest
+
 from tests.mpi_util import py, run_ranks
 from toolkit.launcher import MPI_DEFAULTS, OPENMPI_COLL_RULES, launcher_env
 
@@ -33,13 +35,14 @@ def test_rules_file_is_well_formed_and_selects_ring_for_two_rank_large_messages(
         sizes = [m[0] for m in msg_rules]
         assert sizes[0] == 0, "Open MPI ignores a file whose first message rule is not size 0"
         assert sizes == sorted(sizes)
-    # 2 ranks: built-in decision (0) for small messages, ring (4) from 1 MiB on
-    assert by_comm[2] == [(0, 0, 0, 0), (1 << 20, 4, 0, 0)]
+    # 2 ranks: built-in decision (0) for small messages, ring (4) from 1 MiB to 64 MiB
+    assert by_comm[2] == [(0, 0, 0, 0), (1 << 20, 4, 0, 0), (64 << 20, 0, 0, 0)]
     # 3+ ranks: an explicit "use the built-in decision", otherwise the 2-rank rule would apply
     assert by_comm[3] == [(0, 0, 0, 0)]
 
 
 def test_launcher_env_sets_the_rules_unless_the_user_tunes_collectives(monkeypatch):
+    """The user's own OMPI_MCA_coll_tuned_* (in the environment or in `extra`) wins."""
     for key in list(os.environ):
         if key.startswith("OMPI_MCA_coll_tuned_"):
             monkeypatch.delenv(key)
@@ -50,8 +53,13 @@ def test_launcher_env_sets_the_rules_unless_the_user_tunes_collectives(monkeypat
     env = launcher_env()
     assert env["OMPI_MCA_coll_tuned_allreduce_algorithm"] == "3"
     assert not set(MPI_DEFAULTS) & set(env), "a user's own tuning must not be mixed with ours"
+    monkeypatch.delenv("OMPI_MCA_coll_tuned_allreduce_algorithm")
+    env = launcher_env({"OMPI_MCA_coll_tuned_use_dynamic_rules": "0"})
+    assert env["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "0"
+    assert "OMPI_MCA_coll_tuned_dynamic_rules_filename" not in env
 
 
+@pytest.mark.mpi
 def test_two_rank_allreduce_follows_the_rules_file():
     """Behaviour, not timing: with the rules a 45 MB allreduce stops page-faulting a fresh
     temporary in on every call (measured: ~5500 faults per call without, ~550 with)."""

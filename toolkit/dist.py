@@ -68,13 +68,14 @@ def check_size(actual, promised):
             f"or mpirun/horovodrun inside the allocation.")
 
 
-def init(strategy=None):
+def init(strategy=None, delay=1):
     """hvd.init() plus the size check; returns this process's place in the job.
-    `strategy` (a toolkit.dasgd strategy name) lets Horovod's cycle time suit it."""
+    `strategy` (a toolkit.dasgd strategy name) and its `delay` let Horovod's cycle time suit
+    it."""
     promised = expected_size()
     launcher = detect_launcher()
     from toolkit.dasgd import init_horovod  # stall limits must be set before hvd.init()
-    hvd = init_horovod(strategy)
+    hvd = init_horovod(strategy, delay)
     check_size(hvd.size(), promised)
     return Dist(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
                 local_size=hvd.local_size(), launcher=launcher)

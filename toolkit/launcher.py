@@ -8,8 +8,8 @@ benchmarks and the SLURM scripts:
   mpi_yield_when_idle makes it yield (see the DaSGD spec for measured numbers);
 - Open MPI 4.1 averages large messages between 2 ranks with an algorithm that page-faults a
   fresh temporary buffer in on every call; openmpi_coll_rules.conf selects the ring
-  algorithm there instead (measured numbers in that file). Defaults: a user's own
-  OMPI_MCA_coll_tuned_* settings win.
+  algorithm there instead (1 MiB to 64 MiB; measured numbers in that file). Defaults: a
+  user's own OMPI_MCA_coll_tuned_* environment variables win.
 """
 import os
 import sys
@@ -32,7 +32,9 @@ def launcher_env(extra=None):
     """os.environ plus what Open MPI needs here; `extra` wins over both."""
     env = dict(os.environ)
     env.update(MPI_ENV)
-    if not any(key.startswith("OMPI_MCA_coll_tuned_") for key in env):
+    # Only environment variables are seen: tuning in a parameter file or on mpirun's command
+    # line is not (export OMPI_MCA_coll_tuned_use_dynamic_rules=0 to keep Open MPI's own).
+    if not any(key.startswith("OMPI_MCA_coll_tuned_") for key in {**env, **(extra or {})}):
         env.update(MPI_DEFAULTS)
     # One compute thread per rank unless told otherwise: ranks share the node's cores.
     env.setdefault("OMP_NUM_THREADS", "1")

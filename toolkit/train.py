@@ -154,7 +154,7 @@ def train_step(model, strategy, x, y, lr):
 
 
 def train(args):
-    ctx = dist.init(args.strategy)
+    ctx = dist.init(args.strategy, args.delay)
     torch.set_num_threads(args.threads or default_threads(ctx.local_size))
     out = args.out
     data, model, strategy, ckpts, state, peak_lr, device = prepare(args, ctx)

@@ -1,7 +1,8 @@
 """Rank worker: minor page faults per large MPI allreduce (rank 0 prints one number).
 
-Open MPI's built-in choice for 2 ranks (Rabenseifner) faults a fresh temporary buffer in on
-every call; the ring algorithm that toolkit/openmpi_coll_rules.conf selects reuses memory."""
+Open MPI's built-in choice for 2 ranks (Rabenseifner) maps a whole-message temporary fresh
+on every call; the ring algorithm that toolkit/openmpi_coll_rules.conf selects mallocs half
+the message, which glibc keeps on its heap after the first call (see that file)."""
 import resource
 import sys
 

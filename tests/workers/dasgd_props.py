@@ -93,6 +93,36 @@ def whole_epochs(hvd):
     return out
 
 
+def fused_relaunch(hvd):
+    """The merge that also writes the next round's buffers (d a multiple of H) next to
+    separate merge and snapshot passes: the trajectories must be identical."""
+    from toolkit.strategies import DaSGD
+    out = {}
+    for period, delay in ((1, 1), (1, 2), (2, 2), (2, 4)):
+        runs = []
+        for fuse in (True, False):
+            model = tiny_model(5)
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            strategy = make_strategy("dasgd", model, opt, period=period, delay=delay)
+            strategy.fuse_relaunch = fuse
+            fused_merges = 0
+            merge = strategy._merge
+
+            def counting_merge(rnd, relaunch=False, merge=merge):
+                nonlocal fused_merges
+                fused_merges += relaunch
+                return merge(rnd, relaunch=relaunch)
+
+            strategy._merge = counting_merge
+            for step in range(1, 9):
+                train_step(model, strategy, hvd.rank(), step)
+            strategy.flush()
+            runs.append({"params": params(model), "fused_merges": fused_merges})
+        assert isinstance(strategy, DaSGD)
+        out[f"h{period}_d{delay}"] = runs
+    return out
+
+
 def single_rank():
     """n = 1: DaSGD must be bit-for-bit plain training."""
     model, ref = tiny_model(4), tiny_model(4)
@@ -119,6 +149,7 @@ def main(out_dir):
                    "local": periodic_averaging(hvd, "local"),
                    "dasgd_d0": periodic_averaging(hvd, "dasgd", delay=0),
                    "sync_eq": sync_equivalence(hvd),
+                   "fused_relaunch": fused_relaunch(hvd),
                    "epochs": whole_epochs(hvd)}
     results["size"] = hvd.size()
     results["thread_nice"] = {int(t): os.getpriority(os.PRIO_PROCESS, int(t))

@@ -1,5 +1,6 @@
-// Per-element math of DaSGD's delay-corrected merge, shared by every backend (TK_HD) so the
-// CPU tests exercise the formula any other kernel runs.  Free of ATen/c10 includes.
+// Per-element math of DaSGD's delay-corrected merge.  The CPU kernel uses it; it is TK_HD
+// and free of ATen/c10 includes so that a CUDA kernel could share it (today other devices
+// run the same formula as torch ops, toolkit/strategies/flat.py).
 #pragma once
 
 #include "host_device.h"

@@ -16,14 +16,16 @@ import os
 from .watchdog import apply_stall_defaults
 
 CYCLE_TIME_ENV = "HOROVOD_CYCLE_TIME"
-# Strategies with at most one collective per step, for which Horovod's negotiation latency
-# (up to one cycle) is nothing next to a step. Horovod's background thread negotiates with
-# every other rank once per cycle (default 1 ms) even when nothing is queued; measured here
-# (ResNet-18, 2 ranks, 1 thread each, communication threads' CPU per 0.6 s step of `none`):
-# Gloo 0.07-0.11 s at 1 ms vs 0.02-0.03 s at 5 ms; Open MPI 0.011 s at 1 ms.
-# `sync` keeps Horovod's default: its gradient allreduces are negotiated during backward.
-QUIET_STRATEGIES = ("none", "local", "dasgd")
 QUIET_CYCLE_TIME_MS = "5"
+# Horovod's background thread negotiates with every other rank once per cycle (default 1 ms)
+# even when nothing is queued; measured here (ResNet-18, 2 ranks, 1 thread each), that idle
+# negotiation took 0.07-0.11 s of CPU per 0.6 s step of `none` over Gloo (0.02-0.03 s at
+# 5 ms) and 0.01 s over Open MPI. A longer cycle delays every collective's start by up to a
+# cycle, which only strategies that never block on the average can ignore: `none` and
+# `dasgd` with d >= 1 (their other collectives, the stop vote and the evaluation averages,
+# are rare or not waited for at once). `local` blocks on an average every H steps (small CNN
+# on digits, H = 1: 4.8k images/s at 1 ms, 3.1-3.8k at 5 ms) and `sync` negotiates its
+# gradients during backward, so both keep Horovod's default.
 COMM_NICE_ENV = "TOOLKIT_COMM_NICE"
 DEFAULT_COMM_NICE = 0
 _TASKS = "/proc/self/task"
@@ -51,22 +53,22 @@ def _thread_ids():
         return set()
 
 
-def apply_cycle_time_default(strategy, env=os.environ):
-    """HOROVOD_CYCLE_TIME=5 (ms) for the strategies in QUIET_STRATEGIES unless the user set
-    it; returns the value Horovod will use (None: Horovod's own default)."""
-    if strategy in QUIET_STRATEGIES:
+def apply_cycle_time_default(strategy, delay=1, env=os.environ):
+    """HOROVOD_CYCLE_TIME=5 (ms) for `none` and for `dasgd` with delay >= 1, unless the user
+    set it; returns the value Horovod will use (None: Horovod's own default)."""
+    if strategy == "none" or (strategy == "dasgd" and delay >= 1):
         env.setdefault(CYCLE_TIME_ENV, QUIET_CYCLE_TIME_MS)
     return env.get(CYCLE_TIME_ENV)
 
 
-def init_horovod(strategy=None):
-    """hvd.init() with the stall defaults (and, given the strategy that will run, the cycle
-    time) set first and Horovod's threads reniced after.
+def init_horovod(strategy=None, delay=1):
+    """hvd.init() with the stall defaults (and, given the strategy and delay that will run,
+    the cycle time) set first and Horovod's threads reniced after.
 
     Returns the horovod.torch module. Threads that existed before (the main thread,
     PyTorch's compute pool) keep their priority."""
     apply_stall_defaults()
-    apply_cycle_time_default(strategy)
+    apply_cycle_time_default(strategy, delay)
     nice = comm_nice()
     before = _thread_ids()
     import horovod.torch as hvd

@@ -2,8 +2,9 @@
 
 Every step each rank applies its own optimizer update. Every `period` (H) steps it copies
 its parameters and floating buffers into a snapshot s, starts a non-blocking Horovod
-average of a copy of s, and keeps training. `delay` (d) steps later it waits for the
-average ā (normally finished long ago) and applies the delay-corrected merge
+allreduce of a copy of s (the sum over the n ranks; with d = 0 the average), and keeps
+training. `delay` (d) steps later it waits for it (normally finished long ago) and applies
+the delay-corrected merge with ā = sum / n
 
     w <- w + (ā - s)
 
@@ -51,6 +52,7 @@ class DaSGD(Strategy):
     """
 
     name = "dasgd"
+    fuse_relaunch = True  # False: separate merge and snapshot passes (same values; tests)
 
     def __init__(self, model, optimizer, *, period=1, delay=1, warmup_steps=0,
                  average_optimizer_state=False):
@@ -77,18 +79,16 @@ class DaSGD(Strategy):
         since = self.steps_done - self.warmup_steps
         launching = since > 0 and since % self.period == 0
         prepared = False
-        while self._in_flight and self._in_flight[0].merge_at <= self.steps_done:
+        # Launches are H steps apart and all wait d steps, so at most one round is due.
+        if self._in_flight and self._in_flight[0].merge_at <= self.steps_done:
             rnd = self._in_flight.popleft()
-            # The last merge of a step that launches into the same slot (H = d = 1, and
-            # d = H in general) writes the next round's buffers in the same pass.
-            prepared = (launching and not self._due() and
+            # A merge in a step that launches into the same slot (d a multiple of H, the
+            # default H = d = 1 included) writes the next round's buffers in the same pass.
+            prepared = (self.fuse_relaunch and launching and
                         rnd.slot is self._slots[self.rounds_launched % len(self._slots)])
             self._merge(rnd, relaunch=prepared)
         if launching:
             self._launch(prepared=prepared)
-
-    def _due(self):
-        return bool(self._in_flight) and self._in_flight[0].merge_at <= self.steps_done
 
     def _average_gradients(self):
         """Warm-up: synchronous SGD by a blocking average of the gradients."""

@@ -9,7 +9,8 @@ import torch
 
 try:
     from toolkit import _C  # noqa: F401  (registers torch.ops.dasgd)
-    _HAS_KERNELS = True
+    # an extension built before these kernels existed has no torch.ops.dasgd
+    _HAS_KERNELS = hasattr(torch.ops.dasgd, "merge_")
 except ImportError:  # extension not built: the torch-op path below does the same math
     _HAS_KERNELS = False
 
