@@ -114,7 +114,9 @@ def thread_cpu_s():
 class CpuSplit:
     """CPU used by the compute threads vs the communication threads (those hvd.init()
     started) over measured intervals. On a node whose cores the ranks' compute already
-    fills, the communication threads' CPU is what an overlapped average still costs."""
+    fills, the communication threads' CPU is what an overlapped average still costs.
+    A thread that ends inside an interval takes its CPU with it (/proc forgets it); the
+    threads measured here live as long as the job."""
 
     def __init__(self, comm_threads):
         self.comm_threads = set(comm_threads)
