@@ -118,7 +118,9 @@ def run_job(net, args, transport, strategies, out_dir, *, probe=0, rounds=None,
                            "--image-size", args.image_size, "--batch-size", args.batch_size,
                            "--rounds", rounds or args.rounds, "--block-steps", args.block_steps,
                            "--period", args.period, "--delay", args.delay,
-                           "--threads", args.threads, "--probe-allreduce", probe)
+                           "--threads", args.threads, "--probe-allreduce", probe,
+                           *(["--comm-cpu", args.comm_cpu] if args.comm_cpu is not None
+                             else []))
     if transport == "mpi":
         argv = mpirun_argv(2, worker, tcp=True)
     else:
@@ -176,6 +178,11 @@ def main(argv=None):
         except ValueError:
             raise SystemExit(f"error: HOROVOD_CYCLE_TIME must be a number of milliseconds, "
                              f"got {os.environ['HOROVOD_CYCLE_TIME']!r}") from None
+    if args.comm_cpu is not None and (args.comm_cpu not in os.sched_getaffinity(0)
+                                      or len(os.sched_getaffinity(0)) < 2):
+        raise SystemExit(f"error: --comm-cpu {args.comm_cpu} is not one of the CPUs this "
+                         f"machine lets us use besides a compute one "
+                         f"({sorted(os.sched_getaffinity(0))})")
     if args.cycle_time_ms <= 0:
         raise SystemExit(f"error: --cycle-time-ms must be > 0, got {args.cycle_time_ms}")
     for label, value in (("--rounds", args.rounds), ("--block-steps", args.block_steps - 1)):
@@ -189,7 +196,8 @@ def main(argv=None):
     report = {"model": args.model, "batch_per_rank": args.batch_size, "ranks": 2,
               "rounds": args.rounds, "block_steps": args.block_steps, "period": args.period,
               "delay": args.delay, "threads_per_rank": args.threads,
-              "horovod_cycle_time_ms": args.cycle_time_ms, "by_transport": {}}
+              "horovod_cycle_time_ms": args.cycle_time_ms, "comm_cpu": args.comm_cpu,
+              "by_transport": {}}
     with SlowLoopback(f"tkbench{os.getpid()}") as net:
         rate = None
         for transport in transports:
@@ -268,6 +276,10 @@ def parser():
                         "$HOROVOD_CYCLE_TIME if set, else 5, what launch.train uses for none and "
                         "dasgd (sync measured faster at 5 than at Horovod's default 1 here, so "
                         "the baseline is not handicapped)")
+    p.add_argument("--comm-cpu", type=int, default=None,
+                   help="emulate a node with a core to spare for communication: in every rank "
+                        "the threads hvd.init() started run on this CPU, compute on the others "
+                        "(default: no pinning)")
     p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")
     return p
 

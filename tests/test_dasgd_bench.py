@@ -112,3 +112,32 @@ def test_cpu_split_charges_the_listed_threads_to_communication():
     worker.join()
     assert split.comm_s == pytest.approx(0.3, abs=0.05)
     assert split.compute_s == pytest.approx(0.2, abs=0.05)
+
+
+def test_give_communication_a_core_pins_compute_and_communication_apart():
+    import threading
+
+    from toolkit.bench.comm import give_communication_a_core
+
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs 2 CPUs")
+    cpu = max(allowed)
+    release = threading.Event()
+    comm = threading.Thread(target=release.wait)
+    comm.start()
+    seen = {}
+
+    def compute():  # a thread of its own, so that pytest's thread keeps its affinity
+        give_communication_a_core(cpu, {str(comm.native_id)})
+        seen["compute"] = os.sched_getaffinity(0)
+        seen["comm"] = os.sched_getaffinity(comm.native_id)
+
+    worker = threading.Thread(target=compute)
+    worker.start()
+    worker.join()
+    release.set()
+    comm.join()
+    assert seen == {"compute": allowed - {cpu}, "comm": {cpu}}
+    with pytest.raises(ValueError, match="--comm-cpu 99999"):
+        give_communication_a_core(99999, set())

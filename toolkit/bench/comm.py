@@ -136,6 +136,22 @@ class CpuSplit:
                 self.compute_s += used
 
 
+def give_communication_a_core(cpu, comm_threads):
+    """Pin this process's compute (the calling thread and the threads it starts later) to
+    every allowed CPU but `cpu`, and the communication threads to `cpu`: a node with a core
+    to spare for communication, emulated on this one."""
+    allowed = os.sched_getaffinity(0)
+    if cpu not in allowed or len(allowed) < 2:
+        raise ValueError(f"--comm-cpu {cpu}: needs a CPU this process may use, other than "
+                         f"the compute ones (allowed: {sorted(allowed)})")
+    os.sched_setaffinity(0, allowed - {cpu})  # 0 = the calling thread on Linux
+    for tid in comm_threads:
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
 def synthetic_batches(count, batch_size, channels, image_size, num_classes, seed):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch_size, channels, image_size, image_size, generator=gen),
@@ -188,6 +204,8 @@ def run_worker(args):
     from toolkit.dasgd import init_horovod, make_strategy
     from toolkit.strategies.comm_threads import communication_threads
     hvd = init_horovod()
+    if args.comm_cpu is not None:
+        give_communication_a_core(args.comm_cpu, communication_threads())
     torch.set_num_threads(args.threads)
     from models import build_model
     names = [n for n in args.strategies.split(",") if n]
@@ -266,6 +284,9 @@ def worker_parser():
     p.add_argument("--delay", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--comm-cpu", type=int, default=None,
+                   help="pin the threads hvd.init() started to this CPU and compute to the "
+                        "others (emulates a core to spare for communication)")
     p.add_argument("--probe-allreduce", type=int, default=0,
                    help="after training, time this many blocking model-size averages")
     return p
