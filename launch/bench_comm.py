@@ -21,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-from toolkit.bench.comm import (format_rate, rate_bits_per_s, ratios, round_ratio_spread,
-                                timeline_rounds)
+from toolkit.bench.comm import (check_comm_cpu, format_rate, rate_bits_per_s, ratios,
+                                round_ratio_spread, timeline_rounds)
 from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,11 +178,11 @@ def main(argv=None):
         except ValueError:
             raise SystemExit(f"error: HOROVOD_CYCLE_TIME must be a number of milliseconds, "
                              f"got {os.environ['HOROVOD_CYCLE_TIME']!r}") from None
-    if args.comm_cpu is not None and (args.comm_cpu not in os.sched_getaffinity(0)
-                                      or len(os.sched_getaffinity(0)) < 2):
-        raise SystemExit(f"error: --comm-cpu {args.comm_cpu} is not one of the CPUs this "
-                         f"machine lets us use besides a compute one "
-                         f"({sorted(os.sched_getaffinity(0))})")
+    if args.comm_cpu is not None:
+        try:
+            check_comm_cpu(args.comm_cpu)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
     if args.cycle_time_ms <= 0:
         raise SystemExit(f"error: --cycle-time-ms must be > 0, got {args.cycle_time_ms}")
     for label, value in (("--rounds", args.rounds), ("--block-steps", args.block_steps - 1)):

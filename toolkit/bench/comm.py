@@ -136,14 +136,21 @@ class CpuSplit:
                 self.compute_s += used
 
 
-def give_communication_a_core(cpu, comm_threads):
-    """Pin this process's compute (the calling thread and the threads it starts later) to
-    every allowed CPU but `cpu`, and the communication threads to `cpu`: a node with a core
-    to spare for communication, emulated on this one."""
+def check_comm_cpu(cpu):
+    """The CPUs this process may use, if `cpu` can be given to communication with at least
+    one left for compute; ValueError naming the option otherwise."""
     allowed = os.sched_getaffinity(0)
     if cpu not in allowed or len(allowed) < 2:
         raise ValueError(f"--comm-cpu {cpu}: needs a CPU this process may use, other than "
                          f"the compute ones (allowed: {sorted(allowed)})")
+    return allowed
+
+
+def give_communication_a_core(cpu, comm_threads):
+    """Pin this process's compute (the calling thread and the threads it starts later) to
+    every allowed CPU but `cpu`, and the communication threads to `cpu`: a node with a core
+    to spare for communication, emulated on this one."""
+    allowed = check_comm_cpu(cpu)
     os.sched_setaffinity(0, allowed - {cpu})  # 0 = the calling thread on Linux
     for tid in comm_threads:
         try:
