@@ -1,0 +1,43 @@
+"""python -m launch.plot RUN_DIR [RUN_DIR ...] --out FILE.png: training loss, test accuracy
+and images/s of one or several runs against steps and wall time."""
+import argparse
+import sys
+
+from toolkit.plot import NotARun, PlotUnavailable, load_run, plot_runs
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="python -m launch.plot",
+        description="Plot training runs written by launch.train: training loss, test "
+                    "accuracy and images/s against steps and against wall time, one line "
+                    "per run labelled model/norm/strategy/ranks.",
+        epilog="Exit codes: 0 written (or matplotlib missing: a note, nothing written), 2 a "
+               "directory that is not a run or an output that cannot be written.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run directories (the --out of launch.train)")
+    p.add_argument("--out", default="plot.png",
+                   help="image to write; the format follows the extension (png, pdf, svg)")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        runs = [load_run(directory) for directory in args.runs]
+        path = plot_runs(runs, args.out)
+    except NotARun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except PlotUnavailable as exc:
+        print(f"note: {exc}")
+        return
+    except (OSError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: --out {args.out}: {text}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {path} ({len(runs)} run{'s' if len(runs) > 1 else ''})")
+
+
+if __name__ == "__main__":
+    main()
