@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios
-from toolkit.strategies.comm_threads import comm_nice
-from toolkit.dasgd import STRATEGY_NAMES, apply_stall_defaults, comm_timeout_s, make_strategy
+from toolkit.dist.startup import apply_stall_defaults, comm_nice, comm_timeout_s
+from toolkit.strategies import STRATEGY_NAMES, make_strategy
 
 
 def _model_and_optimizer():
@@ -63,7 +63,7 @@ def test_comm_nice_setting():
 
 
 def test_cycle_time_default_only_for_strategies_that_never_block_on_the_average():
-    from toolkit.strategies.comm_threads import apply_cycle_time_default
+    from toolkit.dist.startup import apply_cycle_time_default
     for name, delay in (("none", 1), ("dasgd", 1), ("dasgd", 3)):
         env = {}
         assert apply_cycle_time_default(name, delay, env) == "5"

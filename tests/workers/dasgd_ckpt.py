@@ -12,7 +12,7 @@ import sys
 import torch
 
 from dasgd_common import full_state, init_horovod, save_rank, tiny_model, train_step
-from toolkit.dasgd import make_strategy
+from toolkit.strategies import make_strategy
 
 TOTAL, CHECKPOINT, EVAL = 14, 7, 11  # launches at 6, 10, 14 (W=2, H=4): 7 is mid-round
 

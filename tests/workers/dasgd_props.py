@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from dasgd_common import (full_state, init_horovod, params, save_rank, tiny_model,
                           train_step)
-from toolkit.dasgd import make_strategy
+from toolkit.strategies import make_strategy
 
 
 def merge_property(hvd):

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from dasgd_common import init_horovod, tiny_model, train_step
-from toolkit.dasgd import make_strategy
+from toolkit.strategies import make_strategy
 
 
 def main(mode, name):

@@ -208,8 +208,8 @@ class _Contender:
 def run_worker(args):
     """All strategies in one job, taking turns in blocks of steps (the order rotates every
     round), so that they all see the same load on a shared machine."""
-    from toolkit.dasgd import init_horovod, make_strategy
-    from toolkit.strategies.comm_threads import communication_threads
+    from toolkit.dist.startup import communication_threads, init_horovod
+    from toolkit.strategies import make_strategy
     hvd = init_horovod()
     if args.comm_cpu is not None:
         give_communication_a_core(args.comm_cpu, communication_threads())

@@ -2,6 +2,7 @@
 
 A loader is `load(data_dir, seed, **options) -> DataBundle`; register it in DATASETS.
 """
+import importlib
 from dataclasses import dataclass
 
 from torch.utils.data import Dataset
@@ -19,34 +20,30 @@ class DataBundle:
     image_size: int
 
 
-def _missing_dependency(dataset, package):
-    def load(*args, **kwargs):
-        raise DataError(f"--dataset {dataset} needs the Python package {package!r}, which is "
-                        f"not installed (pip install {'pillow' if package == 'PIL' else package})")
+def _loader(name, module, function="load"):
+    """A loader that imports toolkit.data.<module> when its dataset is first asked for, so
+    that an optional dependency (Pillow for imagefolder) matters only to who uses it."""
+    def load(data_dir=None, seed=0, **options):
+        try:
+            found = importlib.import_module(f"toolkit.data.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name.startswith("toolkit."):
+                raise
+            package = "pillow" if exc.name == "PIL" else exc.name
+            raise DataError(f"--dataset {name} needs the Python package {exc.name!r}, which "
+                            f"is not installed (pip install {package})") from None
+        return getattr(found, function)(data_dir, seed, **options)
     return load
 
 
-def _registry():
-    from toolkit.data import digits
-    found = {"digits": digits.load}
-    # Optional loaders live in their own modules; each registers under its dataset name.
-    for module_name, names in (("cifar", ("cifar10", "cifar100")),
-                               ("imagefolder", ("imagefolder",)),
-                               ("synthetic", ("synthetic",))):
-        try:
-            module = __import__(f"toolkit.data.{module_name}", fromlist=["load"])
-        except ModuleNotFoundError as exc:
-            if exc.name == f"toolkit.data.{module_name}":
-                continue
-            for name in names:  # an optional dependency is missing: say so when asked for
-                found[name] = _missing_dependency(name, exc.name)
-            continue
-        for name in names:
-            found[name] = getattr(module, f"load_{name}", getattr(module, "load", None))
-    return found
-
-
-DATASETS = _registry()
+# name -> load(data_dir, seed, **options) -> DataBundle
+DATASETS = {
+    "digits": _loader("digits", "digits"),
+    "cifar10": _loader("cifar10", "cifar", "load_cifar10"),
+    "cifar100": _loader("cifar100", "cifar", "load_cifar100"),
+    "imagefolder": _loader("imagefolder", "imagefolder"),
+    "synthetic": _loader("synthetic", "synthetic"),
+}
 
 
 def load_dataset(name, data_dir=None, seed=0, **options):

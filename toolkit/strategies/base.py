@@ -5,7 +5,9 @@ import time
 import torch
 
 from .flat import FlatBuffer
-from .watchdog import comm_timeout_s, wait_handle
+from toolkit.dist.startup import comm_timeout_s
+
+from .watchdog import wait_handle
 
 
 def float_buffers(model):

@@ -5,40 +5,9 @@ step, a dead peer under some launchers): it waits, printing a stall warning ever
 HOROVOD_STALL_CHECK_TIME_SECONDS. Training code must not hang silently, so every wait in the
 strategies polls the handle and raises RuntimeError after a deadline.
 """
-import os
 import time
 
-# Seconds one collective may take before the job is declared stalled. Generous by default:
-# a large model over a slow link legitimately needs seconds per allreduce.
-COMM_TIMEOUT_ENV = "TOOLKIT_COMM_TIMEOUT_S"
-DEFAULT_COMM_TIMEOUT_S = 300.0
-
-
-def comm_timeout_s(env=os.environ):
-    raw = env.get(COMM_TIMEOUT_ENV)
-    if raw is None or raw == "":
-        return DEFAULT_COMM_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{COMM_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{COMM_TIMEOUT_ENV} must be > 0, got {raw!r}")
-    return value
-
-
-def apply_stall_defaults(env=os.environ):
-    """Horovod's own stall detection, set only where the user has not chosen.
-
-    Horovod reads these when hvd.init() starts its background thread, so call this BEFORE
-    hvd.init() for it to take effect in this process (it also reaches child processes).
-    The warning comes early and names the tensors each rank is missing; the shutdown is a
-    backstop behind the strategies' own deadline.
-    """
-    timeout = comm_timeout_s(env)
-    env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(int(min(30.0, timeout))))
-    env.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(timeout + 30)))
-    return env
+from toolkit.dist.startup import COMM_TIMEOUT_ENV
 
 
 class CommunicationError(RuntimeError):

@@ -1,19 +1,26 @@
-"""Horovod start-up that keeps communication threads off the compute cores.
+"""Horovod start-up: stall limits, cycle time and the priority of communication threads.
 
-Horovod's background thread (and, under mpirun, Open MPI's progress threads) poll while a
-collective is in flight. With synchronous SGD the compute thread is idle during that wait,
-but DaSGD overlaps the average with the next step's compute, so the polling competes with
-the forward/backward pass for the cores (measured in the spec: it cost more than the
-communication itself). TOOLKIT_COMM_NICE=N runs those threads at a lower scheduling
-priority (Linux `nice` is per thread; threads they create inherit it) so that they get
-only the CPU compute leaves over. Off by default: measured on 2 cores with ResNet-18 over
-a 900 Mbit/s link, nice 10 left DaSGD's step unchanged (within noise) but slowed
-synchronous SGD, whose gradient allreduce then no longer overlaps the backward pass, and
-nice 19 starved the transfer (the average took longer than a step).
+All three must be settled around hvd.init(): Horovod reads its environment when it starts
+its background thread. Use `init_horovod()` instead of a bare `hvd.init()`.
+
+Thread priority. Horovod's background thread (and, under mpirun, Open MPI's progress
+threads) poll while a collective is in flight. With synchronous SGD the compute thread is
+idle during that wait, but DaSGD overlaps the average with the next step's compute, so the
+polling competes with the forward/backward pass for the cores (docs/dasgd.md). TOOLKIT_COMM_NICE=N
+runs those threads at a lower scheduling priority (Linux `nice` is per thread; threads
+they create inherit it) so that they get only the CPU compute leaves over. Off by default:
+measured on 2 cores with ResNet-18 over a 900 Mbit/s link, nice 10 left DaSGD's step
+unchanged (within noise) but slowed synchronous SGD, whose gradient allreduce then no longer
+overlaps the backward pass, and nice 19 starved the transfer (the average took longer than
+a step).
 """
 import os
 
-from .watchdog import apply_stall_defaults
+
+# Seconds one collective may take before the job is declared stalled. Generous by default:
+# a large model over a slow link legitimately needs seconds per allreduce.
+COMM_TIMEOUT_ENV = "TOOLKIT_COMM_TIMEOUT_S"
+DEFAULT_COMM_TIMEOUT_S = 300.0
 
 CYCLE_TIME_ENV = "HOROVOD_CYCLE_TIME"
 QUIET_CYCLE_TIME_MS = "5"
@@ -30,6 +37,33 @@ COMM_NICE_ENV = "TOOLKIT_COMM_NICE"
 DEFAULT_COMM_NICE = 0
 _TASKS = "/proc/self/task"
 _comm_threads = set()  # thread ids hvd.init() started (filled by init_horovod)
+
+
+def comm_timeout_s(env=os.environ):
+    raw = env.get(COMM_TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_COMM_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{COMM_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{COMM_TIMEOUT_ENV} must be > 0, got {raw!r}")
+    return value
+
+
+def apply_stall_defaults(env=os.environ):
+    """Horovod's own stall detection, set only where the user has not chosen.
+
+    Horovod reads these when hvd.init() starts its background thread, so call this BEFORE
+    hvd.init() for it to take effect in this process (it also reaches child processes).
+    The warning comes early and names the tensors each rank is missing; the shutdown is a
+    backstop behind the strategies' own deadline.
+    """
+    timeout = comm_timeout_s(env)
+    env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(int(min(30.0, timeout))))
+    env.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(timeout + 30)))
+    return env
 
 
 def comm_nice(env=os.environ):

@@ -1,7 +1,10 @@
-"""Horovod start-up, the launch checks that catch a mis-launched job, and rank-0 output."""
+"""Where this process is in the job: Horovod start-up (`init`, see startup.py), the launch
+checks that catch a mis-launched job, and rank-0 output."""
 import os
 import sys
 from dataclasses import dataclass
+
+from .startup import init_horovod
 
 
 class LaunchError(RuntimeError):
@@ -70,11 +73,9 @@ def check_size(actual, promised):
 
 def init(strategy=None, delay=1):
     """hvd.init() plus the size check; returns this process's place in the job.
-    `strategy` (a toolkit.dasgd strategy name) and its `delay` let Horovod's cycle time suit
-    it."""
+    `strategy` (a strategy name) and its `delay` let Horovod's cycle time suit it."""
     promised = expected_size()
     launcher = detect_launcher()
-    from toolkit.dasgd import init_horovod  # stall limits must be set before hvd.init()
     hvd = init_horovod(strategy, delay)
     check_size(hvd.size(), promised)
     return Dist(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),

@@ -1,0 +1,99 @@
+"""The typed run configuration: flags generated from RunConfig, one validation, --config."""
+import json
+import os
+
+import pytest
+
+from launch.train import parser
+from tests.train_util import train_single
+from toolkit import config
+
+
+def parse(*argv):
+    return config.parse(parser(), list(map(str, argv)))
+
+
+def test_every_field_has_a_flag_and_the_defaults_validate():
+    cfg = parse()
+    assert cfg == config.RunConfig()
+    help_text = parser().format_help()
+    for name in config.RunConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in help_text, name
+
+
+def test_flags_fill_the_typed_fields():
+    cfg = parse("--lr", "0.5", "--epochs", "3", "--inv-sampling-stride", "auto", "--inv-sync",
+                "--resume")
+    assert (cfg.lr, cfg.epochs, cfg.inv_sampling_stride, cfg.inv_sync, cfg.resume) == \
+        (0.5, 3, "auto", True, "latest")
+    assert parse("--inv-sampling-stride", "4").inv_sampling_stride == 4
+    assert cfg.layer_options()["sampling_stride"] == "auto"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["--delay", "-1"], "--delay must be an integer >= 0, got -1"),
+    (["--momentum", "nan"], "--momentum must be a finite number >= 0, got nan"),
+    (["--inv-stats-every", "0"], "--inv-stats-every must be an integer >= 1, got 0"),
+    (["--inv-block", "0"], "--inv-block must be an integer >= 1, got 0"),
+    (["--inv-sampling-stride", "0"], "--inv-sampling-stride must be an integer >= 1, got 0"),
+    (["--inv-stats-budget", "-1"], "--inv-stats-budget must be a finite number > 0"),
+])
+def test_bad_values_are_one_line_config_errors(argv, message):
+    with pytest.raises(config.ConfigError) as info:
+        parse(*argv)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_resume_keys_include_the_layer_only_with_inv():
+    assert "inv_stats_every" in config.RunConfig(norm="inv").resume_keys()
+    assert "inv_stats_every" not in config.RunConfig(norm="bn").resume_keys()
+
+
+def test_config_file_round_trip_and_flags_win(tmp_path):
+    saved = dict(config.RunConfig(model="resnet20", lr=0.3, out="runs/a").to_dict(),
+                 world_size=2, launcher="mpirun")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    cfg = parse("--config", path, "--lr", "0.7")
+    assert (cfg.model, cfg.lr, cfg.out) == ("resnet20", 0.7, None)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "cannot be read as JSON"),
+    ('{"lr": 0.1, "colour": "red"}', "unknown option(s) colour"),
+    ('{"lr": -1}', "--lr must be a finite number > 0"),
+    ("[1, 2]", "must hold a JSON object"),
+])
+def test_bad_config_files(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(config.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse("--config", path)
+
+
+def test_cli_bad_value_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = train_single("--lr", "inf", "--out", out, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --lr must be a finite number > 0, got inf"
+    assert not out.exists()
+
+
+def test_saved_config_reruns_the_same_options(tmp_path):
+    """config.json of a finished run, given back with --config, trains the same run."""
+    first = tmp_path / "first"
+    proc = train_single("--norm", "bn", "--strategy", "none", "--max-steps", "3", "--epochs",
+                        "1", "--lr", "0.05", "--out", first)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((first / "config.json").read_text())
+    assert saved["lr"] == 0.05 and saved["world_size"] == 1
+    second = tmp_path / "second"
+    proc = train_single("--config", first / "config.json", "--out", second)
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((second / "config.json").read_text())
+    assert {k: v for k, v in again.items() if k != "out"} == \
+        {k: v for k, v in saved.items() if k != "out"}
+    assert os.path.exists(second / "summary.json")

@@ -1,0 +1,263 @@
+"""The run configuration of `python -m launch.train`: one typed dataclass.
+
+Every option is declared once, as a field of `RunConfig`; its metadata carries the help text
+and the --help group, and the command-line parser is generated from the fields. The values
+are checked once, by `RunConfig.validate()`, which raises `ConfigError` (one line) before
+anything is written. A run saves its configuration as config.json; `--config FILE` starts
+from such a file and flags given on the command line override it.
+
+Adding an option: one field here (with `option(...)`), its check in `validate()`, and the
+code that reads `cfg.<name>`. If a checkpoint must agree on it, add it to `RESUME_KEYS`.
+"""
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+STRATEGY_CHOICES = ("none", "sync", "local", "dasgd")
+NORM_CHOICES = ("bn", "inv", "none")
+# What a checkpoint must agree with to be resumed by this run (besides the world size).
+RESUME_KEYS = ("model", "norm", "dataset", "batch_size", "strategy", "period", "delay", "seed")
+# Written into config.json beside the options: facts of the run, not choices.
+RUN_FACTS = ("world_size", "launcher")
+# Run-specific: a saved configuration re-runs into a new directory unless told otherwise.
+NOT_LOADED = ("out", "resume", "config")
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message is one line naming the option."""
+
+
+def option(default, help, group, *, choices=None, flag=None, metavar=None, nargs=None,
+           const=None):
+    """A RunConfig field with what its command-line flag needs."""
+    meta = {"help": help, "group": group, "choices": choices, "flag": flag,
+            "metavar": metavar, "nargs": nargs, "const": const}
+    return field(default=default, metadata=meta)
+
+
+def int_or_auto(text):
+    """Parses an option that takes an integer or the word `auto`."""
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}")
+
+
+MODEL, DIST, OPT, LAYER, RUN = ("model and data", "distributed strategy", "optimisation",
+                                "invariance layer (--norm inv)", "run, checkpoints and logging")
+
+
+@dataclass
+class RunConfig:
+    # model and data
+    model: str = option("small_cnn", "model name: small_cnn, resnet18_cifar, resnet20, resnet56, "
+                        "resnet18, resnet50, vgg11, vgg16, vit_tiny", MODEL)
+    norm: str = option("inv", "bn = BatchNorm, inv = the invariance layer, none = plain convs",
+                       MODEL, choices=NORM_CHOICES)
+    dataset: str = option("digits", "dataset name: digits (bundled with scikit-learn), "
+                          "cifar10, cifar100, imagefolder, synthetic", MODEL)
+    data_dir: str = option(None, "dataset location on disk", MODEL)
+    image_size: int = option(None, "image size for imagefolder/synthetic data; none given: 224 "
+                             "for imagefolder, 32 for synthetic", MODEL)
+    # distributed strategy
+    strategy: str = option(
+        "dasgd", "none: ranks train independently (models averaged only at evaluation and "
+        "checkpoints); sync: Horovod DistributedOptimizer; local: blocking model averaging "
+        "every --period steps; dasgd: delayed averaging that overlaps communication with "
+        "compute", DIST, choices=STRATEGY_CHOICES)
+    period: int = option(1, "H: steps between averages", DIST)
+    delay: int = option(1, "d: steps an average travels before it is merged (dasgd)", DIST)
+    warmup_steps: int = option(0, "synchronous steps before DaSGD starts", DIST)
+    # optimisation
+    epochs: int = option(15, "passes over the training set", OPT)
+    batch_size: int = option(32, "batch per rank", OPT)
+    lr: float = option(0.1, "learning rate of one worker; see --lr-scaling", OPT)
+    lr_scaling: str = option("linear", "linear: multiply --lr by the number of ranks", OPT,
+                             choices=("linear", "none"))
+    schedule: str = option("cosine", "per step: cosine to 0, or 10x drops at 50%% and 75%% of "
+                           "training", OPT, choices=("cosine", "step"))
+    warmup_epochs: float = option(0.0, "linear warm-up from --lr to the scaled lr (from 0 "
+                                  "when they are equal: one rank or --lr-scaling none)", OPT)
+    momentum: float = option(0.9, "SGD momentum", OPT)
+    weight_decay: float = option(5e-4, "SGD weight decay", OPT)
+    seed: int = option(0, "seeds the model init, the data split, shuffling and augmentation",
+                       OPT)
+    max_steps: int = option(0, "stop after this many steps in total (0: all epochs)", OPT)
+    # invariance layer
+    inv_block: int = option(64, "channels per covariance block of a conv layer", LAYER)
+    inv_sampling_stride: object = option(
+        3, "patches sampled every S x conv-stride pixels; `auto` picks each layer's S from "
+        "--inv-stats-budget", LAYER, metavar="S|auto")
+    inv_stats_budget: float = option(
+        0.25, "with --inv-sampling-stride auto: the statistics may cost at most this fraction "
+        "of the layer's convolution", LAYER)
+    inv_n_iter: int = option(5, "Newton-Schulz iterations of every layer but the first conv",
+                             LAYER)
+    inv_first_n_iter: int = option(15, "Newton-Schulz iterations of the network's first conv",
+                                   LAYER)
+    inv_stats_every: int = option(1, "k: batch statistics on every k-th training step, the "
+                                  "running averages on the others (1: every step)", LAYER)
+    inv_sync: bool = option(False, "average the statistics over all ranks (blocking; leave "
+                            "it off under dasgd)", LAYER)
+    inv_method: str = option("auto", "inverse square root: spectral (one eigendecomposition), "
+                             "newton (matrix products), auto (spectral on the CPU, newton on "
+                             "GPUs)", LAYER, choices=("auto", "spectral", "newton"))
+    inv_freeze: bool = option(False, "batch statistics only on the first 100 of every 1000 "
+                              "steps", LAYER)
+    # run, checkpoints and logging
+    out: str = option(None, "output directory; none given: "
+                      "runs/<time>_<model>_<norm>_<strategy>_np<N>", RUN)
+    checkpoint_interval: int = option(0, "also checkpoint every N steps (0: only at the end of "
+                                      "each epoch)", RUN)
+    keep: int = option(3, "checkpoints to keep", RUN)
+    resume: str = option(None, "continue from the newest checkpoint in --out (or from CKPT)",
+                         RUN, nargs="?", const="latest", metavar="CKPT")
+    stop_after_epochs: int = option(0, "checkpoint and exit after this many epochs in this "
+                                    "invocation (time-sliced jobs; continue with --resume)", RUN)
+    log_interval: int = option(10, "steps per metrics line", RUN)
+    progress: str = option("auto", "tqdm bar on rank 0: auto = only when stderr is a terminal",
+                           RUN, choices=("auto", "always", "never"))
+    device: str = option("auto", "auto: one GPU per rank (local rank) when CUDA is available, "
+                         "else the CPU. GPU runs need a Horovod built with GPU support", RUN,
+                         choices=("auto", "cpu", "cuda"))
+    threads: int = option(0, "torch threads per rank (0: $OMP_NUM_THREADS, else the cores this "
+                          "process may use / ranks on this node)", RUN)
+
+    # ---- checks ---------------------------------------------------------------------------
+
+    def validate(self):
+        """Everything visible from the values alone; raises ConfigError (one line)."""
+        for spec in fields(self):
+            if spec.metadata.get("choices") and getattr(self, spec.name) not in \
+                    spec.metadata["choices"]:
+                _fail(spec.name, f"must be one of {', '.join(spec.metadata['choices'])}",
+                      getattr(self, spec.name))
+        for name in ("epochs", "batch_size", "period", "keep", "log_interval", "inv_block",
+                     "inv_n_iter", "inv_first_n_iter", "inv_stats_every"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("delay", "warmup_steps", "max_steps", "checkpoint_interval", "threads",
+                     "stop_after_epochs", "seed"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("weight_decay", "momentum", "warmup_epochs"):
+            _check_number(name, getattr(self, name), 0.0)
+        _check_number("lr", self.lr, 0.0, strict=True)
+        _check_number("inv_stats_budget", self.inv_stats_budget, 0.0, strict=True)
+        if self.image_size is not None:
+            _check_int("image_size", self.image_size, 1)
+        if self.inv_sampling_stride != "auto":
+            _check_int("inv_sampling_stride", self.inv_sampling_stride, 1)
+        for name in ("inv_sync", "inv_freeze"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, "must be true or false", getattr(self, name))
+        return self
+
+    # ---- what other parts read --------------------------------------------------------------
+
+    def layer_options(self):
+        """Keyword options of every invariance layer (models.build_model(layer_options=...))."""
+        return {"block": self.inv_block, "sampling_stride": self.inv_sampling_stride,
+                "stats_budget": self.inv_stats_budget, "n_iter": self.inv_n_iter,
+                "first_n_iter": self.inv_first_n_iter, "stats_every": self.inv_stats_every,
+                "sync": self.inv_sync, "method": self.inv_method, "freeze": self.inv_freeze}
+
+    def data_options(self):
+        return {"image_size": self.image_size} if self.image_size else {}
+
+    def resume_keys(self):
+        """The options a checkpoint must share with this run (the layer's only with inv)."""
+        keys = list(RESUME_KEYS)
+        if self.norm == "inv":
+            keys += [spec.name for spec in fields(self) if spec.name.startswith("inv_")]
+        return {key: getattr(self, key) for key in keys}
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _fail(name, problem, value):
+    raise ConfigError(f"--{name.replace('_', '-')} {problem}, got {value!r}")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(name, f"must be an integer >= {minimum}", value)
+
+
+def _check_number(name, value, minimum, strict=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        _fail(name, f"must be a finite number {'>' if strict else '>='} {minimum:g}", value)
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (those options explain their fallback themselves)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _flag_type(spec):
+    if spec.name == "inv_sampling_stride":
+        return int_or_auto
+    default_type = {"int": int, "float": float, "str": str}.get(
+        spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", ""))
+    return default_type or str
+
+
+def add_options(parser):
+    """One flag per RunConfig field, grouped as in --help; booleans are --x / --no-x."""
+    groups = {}
+    for spec in fields(RunConfig):
+        meta = spec.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(
+            meta["group"], parser.add_argument_group(meta["group"]))
+        flag = meta["flag"] or "--" + spec.name.replace("_", "-")
+        kwargs = {"default": spec.default, "help": meta["help"], "dest": spec.name}
+        if spec.type in (bool, "bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _flag_type(spec)
+            for key in ("choices", "metavar", "nargs", "const"):
+                if meta[key] is not None:
+                    kwargs[key] = meta[key]
+        group.add_argument(flag, **kwargs)
+
+
+def load_config_file(path):
+    """The options saved in a run's config.json (run facts and run-specific ones dropped)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--config {path} cannot be read as JSON: {exc}") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--config {path} must hold a JSON object of options")
+    known = {spec.name for spec in fields(RunConfig)}
+    unknown = sorted(set(saved) - known - set(RUN_FACTS) - set(NOT_LOADED))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    return {k: v for k, v in saved.items() if k in known and k not in NOT_LOADED}
+
+
+def from_namespace(namespace):
+    return RunConfig(**{spec.name: getattr(namespace, spec.name) for spec in fields(RunConfig)})
+
+
+def parse(parser, argv=None):
+    """RunConfig from the command line: defaults < --config FILE < flags; validated."""
+    namespace = parser.parse_args(argv)
+    if namespace.config:
+        parser.set_defaults(**load_config_file(namespace.config))
+        namespace = parser.parse_args(argv)
+    return from_namespace(namespace).validate()
+
