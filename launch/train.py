@@ -41,35 +41,47 @@ def default_out(cfg, size):
 
 
 def main(argv=None):
+    # First, before torch loads: a stop signal during start-up is remembered, not fatal.
+    from toolkit import preemption
+    stop = preemption.install()
     started = time.time()
-    from toolkit import dist
-    from toolkit.checkpoint import CheckpointError
-    from toolkit.data import DataError
-    from toolkit.strategies import CommunicationError
-    from toolkit.train import Diverged, train
-    from toolkit.metrics import write_json
+    from toolkit import dist, faults
     try:
         cfg = config.parse(parser(), argv)
-        ctx = dist.init(cfg.strategy, cfg.delay)
-        if cfg.out is None:
-            cfg.out = default_out(cfg, ctx.size)
-        summary = train(cfg, ctx)
-    except dist.LaunchError as exc:
-        dist.fail(str(exc))
-    except (ValueError, DataError, CheckpointError, FileNotFoundError) as exc:
-        # Bad input: every rank finds the same problem, rank 0 says it once.
-        if dist.launcher_rank() == 0:
-            dist.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        sys.exit(2)
-    except (Diverged, CommunicationError, OSError) as exc:
-        # Possibly seen by one rank only (a full disk on rank 0, a file one node cannot
-        # read): every rank that sees it says so.
-        rank = dist.launcher_rank()
-        where = f"rank {rank}: " if rank else ""
-        dist.line_print(f"error: {where}{exc}", file=sys.stderr)
-        # Other ranks may be blocked in a collective: leave at once, the launcher ends them.
-        os._exit(3 if isinstance(exc, Diverged) else 4 if isinstance(
-            exc, CommunicationError) else 2)
+    except ValueError as exc:
+        faults.single_rank_setup_error(exc, dist.launcher_rank())
+    # Every failure ends in one line and its exit code (toolkit/faults.py, docs/faults.md).
+    try:
+        ctx, trainer, watch = set_up(cfg, stop)
+    except Exception as exc:
+        faults.report_and_exit(exc, dist.launcher_rank(), during_setup=True, debug=cfg.debug)
+    try:
+        run(cfg, ctx, trainer, started)
+    except Exception as exc:
+        faults.report_and_exit(exc, ctx.rank, during_setup=False, debug=cfg.debug)
+    if watch is not None and watch.gone:
+        # The launcher is gone: Horovod's shutdown at exit would wait for it forever.
+        sys.stdout.flush()
+        os._exit(0)
+
+
+def set_up(cfg, stop):
+    """Horovod, the launcher watch and the Trainer (data, model, strategy, resume)."""
+    from toolkit import dist, launcher_watch
+    from toolkit.train import Trainer
+    ctx = dist.init(cfg.strategy, cfg.delay)
+    watch = launcher_watch.watch(stop, ctx.launcher, ctx.rank)
+    if cfg.out is None:
+        cfg.out = default_out(cfg, ctx.size)
+    return ctx, Trainer(cfg, ctx), watch
+
+
+def run(cfg, ctx, trainer, started):
+    """Train, then rank 0 writes summary.json and prints the final line."""
+    from toolkit import dist
+    from toolkit.metrics import write_json
+    trainer.fit()
+    summary = trainer.summary()
     summary["wall_s"] = time.time() - started
     if ctx.is_root:
         write_json(os.path.join(cfg.out, "summary.json"), summary)

@@ -1,14 +1,17 @@
 """Checkpoints: atomic writes, the last K kept, clear errors on corrupt or foreign files.
 
 A checkpoint is written to a temporary file in the same directory, fsynced, and renamed
-over its final name, then the directory is fsynced: a crash at any moment leaves either
-the old set of checkpoints or the new one, never a torn file.
+over its final name, then the directory is fsynced: a crash or a full disk at any moment
+leaves either the old set of checkpoints or the new one, never a torn or temporary file
+(toolkit/outputs.py). Files get mode 0666 minus the umask, so a group can resume a shared run.
 """
+import io
 import os
 import re
-import tempfile
 
 import torch
+
+from toolkit.outputs import WriteError, write_atomic
 
 PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
 FORMAT_VERSION = 1
@@ -19,24 +22,12 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Serialise `obj` in memory, then write it with toolkit.outputs.write_atomic: a full
+    disk or any other write failure raises WriteError (one line naming the file and the
+    cause) and leaves the existing checkpoints and no temporary file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer(), what="checkpoint")
 
 
 class Checkpointer:
@@ -69,7 +60,12 @@ class Checkpointer:
         # Only checkpoints up to this step are pruned: a newer file is never deleted here.
         upto = [p for p in self.paths() if self.step_of(p) <= step]
         for old in upto[:-self.keep]:
-            os.unlink(old)
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise WriteError("old checkpoint", old, exc, action="remove") from exc
         return path
 
 

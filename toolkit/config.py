@@ -125,6 +125,8 @@ class RunConfig:
                          choices=("auto", "cpu", "cuda"))
     threads: int = option(0, "torch threads per rank (0: $OMP_NUM_THREADS, else the cores this "
                           "process may use / ranks on this node)", RUN)
+    debug: bool = option(False, "on a failure, print the Python traceback before the one-line "
+                         "error (exit codes are unchanged)", RUN)
 
     # ---- checks ---------------------------------------------------------------------------
 

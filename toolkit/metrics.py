@@ -1,7 +1,14 @@
-"""Training metrics: a JSONL log written by rank 0, and simple running meters."""
+"""Training metrics: a JSONL log written by rank 0, and simple running meters.
+
+A write that fails (full disk, read-only file system) raises toolkit.outputs.WriteError,
+one line naming the file and the cause, and never leaves a partial record or a temporary
+file behind.
+"""
 import json
 import os
 import time
+
+from toolkit.outputs import WriteError, append_line, write_atomic
 
 
 class MetricsLog:
@@ -14,14 +21,17 @@ class MetricsLog:
         self.path = path
         self.enabled = enabled
         if enabled:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            directory = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise WriteError("metrics log", path, exc) from exc
 
     def write(self, kind, **fields):
         if not self.enabled:
             return
         record = {"kind": kind, "time": round(time.time(), 3), **fields}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record), what="metrics log")
 
 
 class Meter:
@@ -54,8 +64,6 @@ class Meter:
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Replace `path` by `obj` as indented JSON, atomically (WriteError on failure)."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text.encode(), what=os.path.basename(path).split(".")[0])

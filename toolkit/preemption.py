@@ -1,30 +1,59 @@
-"""Clean stops on SIGTERM / SIGUSR1 (SLURM preemption and time limits).
+"""Clean stops on SIGTERM / SIGUSR1 / SIGINT (SLURM preemption, time limits, Ctrl-C, `timeout`).
 
 A signal only sets a flag. Ranks may see it at different steps, and a checkpoint needs
 collectives that every rank enters at the same step, so the ranks vote: each step every
 rank starts a non-blocking sum of its flag and reads the previous step's result, so all
 ranks learn the decision at the same step, one step after the first of them saw the signal,
 without putting a blocking collective on the critical path.
+
+install() is called first thing in launch.train, before torch is imported: a stop signal
+that arrives while Python starts is remembered, not fatal. A second SIGINT (Ctrl-C twice)
+leaves at once, without a checkpoint.
+
+This module imports no torch at import time, so installing the handlers costs nothing.
 """
+import os
 import signal
 
-import torch
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+INTERRUPTED_TWICE_EXIT = 130
 
 
 class PreemptionFlag:
+    """Remembers the first stop request: a signal, or a reason given by request()."""
+
     def __init__(self, signals=STOP_SIGNALS):
         self.signal_name = None
         for sig in signals:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        self.signal_name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+            # Ctrl-C twice: the user does not want to wait for the checkpoint.
+            os.write(2, b"error: interrupted twice: stopped without a checkpoint\n")
+            os._exit(INTERRUPTED_TWICE_EXIT)
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+
+    def request(self, reason):
+        """A stop asked for by the program itself (e.g. the launcher is gone)."""
+        if self.signal_name is None:
+            self.signal_name = reason
 
     @property
     def requested(self):
         return self.signal_name is not None
+
+
+_flag = None
+
+
+def install():
+    """The process-wide flag, created (and the handlers installed) on first call."""
+    global _flag
+    if _flag is None:
+        _flag = PreemptionFlag()
+    return _flag
 
 
 class StopVote:
@@ -37,6 +66,7 @@ class StopVote:
     def decide(self, flag):
         """Submit this step's flag; True once any rank raised it in an earlier step."""
         import horovod.torch as hvd
+        import torch
         self.drain()
         if not self.stop:
             self.handle = hvd.allreduce_async(torch.tensor([1.0 if flag else 0.0]),
@@ -47,6 +77,13 @@ class StopVote:
         """Wait for the vote in flight (before other blocking collectives); the decision
         it carries is kept for the next decide()."""
         import horovod.torch as hvd
+        from toolkit.strategies.watchdog import CommunicationError
         if self.handle is not None:
-            self.stop = self.stop or bool(hvd.synchronize(self.handle).item() > 0)
-            self.handle = None
+            handle, self.handle = self.handle, None
+            try:
+                total = hvd.synchronize(handle)
+            except Exception as exc:  # HorovodInternalError: a peer is gone
+                raise CommunicationError(f"collective {self.NAME!r} failed: "
+                                         f"{str(exc).strip().splitlines()[0]}") from exc
+            self.stop = self.stop or bool(total.item() > 0)
+

@@ -22,7 +22,7 @@ from toolkit import dist
 from toolkit.checkpoint import Checkpointer, CheckpointError, load_checkpoint
 from toolkit.data import load_dataset, shard_loader, steps_per_epoch
 from toolkit.metrics import Meter, MetricsLog, write_json
-from toolkit.preemption import PreemptionFlag, StopVote
+from toolkit.preemption import StopVote, install as stop_flag
 from toolkit.schedule import lr_at, scaled_lr
 
 
@@ -73,6 +73,8 @@ def check_out_dir(path):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"--out {path}: {parent} is not a directory")
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise ValueError(f"--out {path}: {parent} is on a read-only file system")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out {path}: no permission to write in {parent}")
 
@@ -142,7 +144,7 @@ class Trainer:
         self.ckpt_path = self.ckpts.latest()
         self.saved_step = self.step if self.resumed else None
         self.log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=ctx.is_root)
-        self.preempt, self.vote = PreemptionFlag(), StopVote()
+        self.preempt, self.vote = stop_flag(), StopVote()  # launch.train installed it first
         self.train_seconds, self.train_images, self.epochs_this_run = 0.0, 0, 0
         self.last_eval, self.stopped_by = {}, None
 
@@ -300,7 +302,10 @@ class Trainer:
                        train_acc=meter.acc, images_per_s=images_per_s,
                        comm_wait_s=self.strategy.comm_wait_s - self.epoch_comm_mark,
                        **self.last_eval)
-        dist.root_print(ctx, f"epoch {self.epoch}/{self.cfg.epochs} step {self.step}: "
+        # Stopped inside an epoch (--max-steps): name the epoch it is in, not the last one done.
+        epoch = self.epoch if self.step_in_epoch == 0 else \
+            f"{self.epoch + 1} ({self.step_in_epoch}/{self.steps_epoch} steps)"
+        dist.root_print(ctx, f"epoch {epoch}/{self.cfg.epochs} step {self.step}: "
                         f"train_loss={meter.loss:.4f} "
                         f"test_loss={self.last_eval['test_loss']:.4f} "
                         f"test_acc={self.last_eval['test_acc']:.4f} images/s={images_per_s:.0f}")

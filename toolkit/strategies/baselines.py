@@ -3,7 +3,13 @@ DistributedOptimizer, gradient allreduce overlapped with the backward pass)."""
 import time
 
 from .base import Strategy
-from .watchdog import poll_until_done
+from .watchdog import CommunicationError, poll_until_done
+
+
+def first_line(exc):
+    """Horovod's messages span many lines; the error line keeps the first."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class NoCommunication(Strategy):
@@ -43,8 +49,9 @@ class SyncSGD(Strategy):
             try:
                 self.optimizer.synchronize()
             except Exception as exc:  # HorovodInternalError: a peer is gone
-                raise RuntimeError(f"sync: gradient allreduce failed at step "
-                                   f"{self.steps_done} on rank {self.rank}: {exc}") from exc
+                raise CommunicationError(f"sync: gradient allreduce failed at step "
+                                         f"{self.steps_done} on rank {self.rank}: "
+                                         f"{first_line(exc)}") from exc
         finally:
             self.comm_wait_s += time.perf_counter() - start
         with self.optimizer.skip_synchronize():

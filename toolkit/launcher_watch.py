@@ -1,0 +1,125 @@
+"""Ranks notice when the process that launched them is gone, and stop cleanly.
+
+Signals do not always reach the ranks. `horovodrun` runs `/bin/sh -c "mpirun ..."` in its
+own process: a SIGTERM to horovodrun (or `timeout ... horovodrun`) ends that shell, while
+mpirun and the ranks would keep training. And when mpirun, orted or slurmstepd is killed
+outright, its ranks are re-parented and nobody will ever stop them.
+
+So every rank started by a launcher runs a small thread that checks once a second:
+- that its parent is still the process that started it (mpirun, orted, slurmstepd, the
+  horovodrun shell for Gloo), and
+- under horovodrun over MPI, that horovodrun's shell is still alive and still mpirun's
+  parent.
+When either fails, the thread raises the same stop request a SIGTERM would: the ranks agree
+on a step, write one checkpoint and exit. If that cannot finish within a grace period (the
+other ranks are gone too), the rank leaves on its own with one line, so nothing is left
+behind. A single process without a launcher is never watched: a shell that exits under a
+`nohup python -m launch.train &` is not a reason to stop.
+"""
+import os
+import threading
+import time
+
+GRACE_ENV = "TOOLKIT_ORPHAN_GRACE_S"
+DEFAULT_GRACE_S = 60.0
+ORPHAN_EXIT = 4
+
+
+def _stat_fields(pid):
+    """(command name, parent pid) of a live process from /proc, or None when it is gone
+    (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    name = raw[raw.index("(") + 1:raw.rindex(")")]
+    state, ppid = raw[raw.rindex(")") + 2:].split()[:2]
+    if state in ("Z", "X"):
+        return None
+    return name, int(ppid)
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def horovodrun_shell(launcher_pid):
+    """The pid of horovodrun's `/bin/sh -c "mpirun ..."` when it is `launcher_pid`'s
+    parent, else None. horovodrun replaces itself with that shell, so it is what the user
+    signals (and `timeout` kills) when stopping horovodrun."""
+    fields = _stat_fields(launcher_pid)
+    if fields is None:
+        return None
+    shell = fields[1]
+    argv = _cmdline(shell)
+    if len(argv) >= 3 and os.path.basename(argv[0]) in ("sh", "dash", "bash") \
+            and argv[1] == "-c" and argv[2].lstrip().startswith("mpirun "):
+        return shell
+    return None
+
+
+def grace_s(env=os.environ):
+    raw = env.get(GRACE_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_GRACE_S
+    except ValueError:
+        raise ValueError(f"{GRACE_ENV} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{GRACE_ENV} must be > 0, got {raw!r}")
+    return value
+
+
+class LauncherWatch:
+    """Watches this rank's launcher from a daemon thread; see the module docstring."""
+
+    def __init__(self, flag, rank, interval_s=1.0, grace=None):
+        self.flag = flag
+        self.rank = rank
+        self.interval_s = interval_s
+        self.grace_s = grace_s() if grace is None else grace
+        self.launcher_pid = os.getppid()
+        fields = _stat_fields(self.launcher_pid)
+        self.launcher_name = fields[0] if fields else "the launcher"
+        self.shell_pid = horovodrun_shell(self.launcher_pid)
+        self.gone = None
+        self._thread = threading.Thread(target=self._run, name="launcher-watch", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def check(self):
+        """A sentence naming what is gone, or None while the launcher is alive."""
+        if os.getppid() != self.launcher_pid:
+            return f"the exit of {self.launcher_name} (pid {self.launcher_pid})"
+        if self.shell_pid is not None:
+            fields = _stat_fields(self.launcher_pid)
+            if _stat_fields(self.shell_pid) is None or (fields and fields[1] != self.shell_pid):
+                return f"the exit of horovodrun (pid {self.shell_pid})"
+        return None
+
+    def _run(self):
+        while self.gone is None:
+            time.sleep(self.interval_s)
+            self.gone = self.check()
+        self.flag.request(self.gone)
+        # The other ranks should notice too and vote to stop; if they cannot (they died
+        # with the launcher), leave rather than linger as an orphan.
+        time.sleep(self.grace_s)
+        where = f"rank {self.rank}: " if self.rank else ""
+        os.write(2, f"error: {where}stopped without a checkpoint: {self.gone} and the "
+                    f"ranks could not agree on a stop within {self.grace_s:g} s "
+                    f"({GRACE_ENV})\n".encode())
+        os._exit(ORPHAN_EXIT)
+
+
+def watch(flag, launcher, rank):
+    """Start watching when a launcher started this process ("single" is not watched)."""
+    if launcher == "single":
+        return None
+    return LauncherWatch(flag, rank).start()
