@@ -9,6 +9,10 @@ picked free, so a system SLURM on the same host is neither used nor disturbed.
 Used as a pytest fixture by tests/test_slurm.py and as a script by slurm/local_cluster.sh:
     python tests/slurm_cluster.py start DIR   # prints `export SLURM_CONF=...`
     python tests/slurm_cluster.py stop DIR
+With --nodes N the cluster is the emulated multi-node one of tests/emulated_cluster.py
+(a network namespace, hostname, rate-limited link, sshd and slurmd per node):
+    python tests/slurm_cluster.py --nodes 2 [--rate 1gbit] start DIR
+    python tests/slurm_cluster.py exec DIR node1 CMD...   # run CMD on a node
 """
 import os
 import shutil
@@ -79,9 +83,11 @@ class SlurmCluster:
 
     DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order: node, controller, auth
 
-    def __init__(self, root, cpus=2, real_memory_mb=1000):
+    def __init__(self, root, cpus=None, real_memory_mb=1000):
         self.root = os.path.abspath(root)
-        self.cpus = cpus
+        # The node's real core count: declaring fewer hides cores from jobs, more
+        # oversubscribes them.
+        self.cpus = cpus or os.cpu_count() or 1
         self.real_memory_mb = real_memory_mb
         self.host = socket.gethostname().split(".")[0]
         self.conf = os.path.join(self.root, "etc", "slurm.conf")
@@ -115,8 +121,7 @@ class SlurmCluster:
             os.chmod(key, 0o600)
         lines = [
             "ClusterName=toolkit-test",
-            # Explicit loopback addresses: works even where the host name does not resolve.
-            f"SlurmctldHost={self.host}(127.0.0.1)",
+            self._controller_line(),
             "SlurmUser=root",
             "SlurmdUser=root",
             f"SlurmctldPort={_free_port()}",
@@ -125,11 +130,9 @@ class SlurmCluster:
             "CredType=cred/munge",
             f"AuthInfo=socket={self.munge_socket}",
             f"StateSaveLocation={self.path('state')}",
-            f"SlurmdSpoolDir={self.path('spool')}",
             f"SlurmctldPidFile={self.pid_file('slurmctld')}",
-            f"SlurmdPidFile={self.pid_file('slurmd')}",
             f"SlurmctldLogFile={self.path('log', 'slurmctld.log')}",
-            f"SlurmdLogFile={self.path('log', 'slurmd.log')}",
+            *self._slurmd_lines(),
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "MpiDefault=none",
@@ -146,12 +149,24 @@ class SlurmCluster:
             "SlurmdTimeout=60",
             "InactiveLimit=0",
             "KillWait=5",
-            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} "
-            f"RealMemory={self.real_memory_mb} State=UNKNOWN",
-            f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+            *self._node_lines(),
         ]
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
+
+    def _controller_line(self):
+        # Explicit loopback addresses: works even where the host name does not resolve.
+        return f"SlurmctldHost={self.host}(127.0.0.1)"
+
+    def _slurmd_lines(self):
+        return [f"SlurmdSpoolDir={self.path('spool')}",
+                f"SlurmdPidFile={self.pid_file('slurmd')}",
+                f"SlurmdLogFile={self.path('log', 'slurmd.log')}"]
+
+    def _node_lines(self):
+        return [f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} "
+                f"RealMemory={self.real_memory_mb} State=UNKNOWN",
+                f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP"]
 
     def _start(self, daemon, argv):
         proc = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=60)
@@ -196,8 +211,11 @@ class SlurmCluster:
                                f"--seed-file={self.path('munge', 'munge.seed')}"])
         # -i: ignore state left by an earlier cluster in the same directory.
         self._start("slurmctld", [_which("slurmctld"), "-i", "-f", self.conf])
-        self._start("slurmd", [_which("slurmd"), "-f", self.conf])
+        self._start_nodes()
         self.wait_idle(timeout)
+
+    def _start_nodes(self):
+        self._start("slurmd", [_which("slurmd"), "-f", self.conf])
 
     def wait_idle(self, timeout):
         deadline = time.time() + timeout
@@ -206,10 +224,11 @@ class SlurmCluster:
             proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env(),
                                   capture_output=True, text=True)
             state = (proc.stdout or proc.stderr).strip()
-            if proc.returncode == 0 and state.startswith("idle"):
+            if proc.returncode == 0 and state and all(
+                    line.startswith("idle") for line in state.splitlines()):
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"node {self.host} not idle after {timeout}s (sinfo: {state!r})"
+        raise RuntimeError(f"node(s) not idle after {timeout}s (sinfo: {state!r})"
                            f"{self._log_tail('slurmctld')}{self._log_tail('slurmd')}")
 
     def stop(self, timeout=20):
@@ -227,8 +246,13 @@ class SlurmCluster:
 
 
 def main(argv):
+    if argv[:1] in (["--nodes"], ["--rate"], ["exec"]) or (
+            len(argv) == 2 and argv[0] == "stop" and _is_emulated(argv[1])):
+        from tests.emulated_cluster import main as emulated_main
+        return emulated_main(argv)
     if len(argv) != 2 or argv[0] not in ("start", "stop"):
-        sys.exit("usage: slurm_cluster.py start|stop DIR")
+        sys.exit("usage: slurm_cluster.py [--nodes N [--rate R]] start|stop DIR\n"
+                 "       slurm_cluster.py exec DIR NODE CMD...")
     cluster = SlurmCluster(argv[1])
     if argv[0] == "start":
         cluster.start()
@@ -237,5 +261,12 @@ def main(argv):
         cluster.stop()
 
 
+def _is_emulated(root):
+    # The emulated cluster keeps its network's layout in its state directory.
+    return os.path.exists(os.path.join(root, "network.json"))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # Run as a script (slurm/local_cluster.sh): make `tests.` importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main(sys.argv[1:]))
