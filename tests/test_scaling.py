@@ -217,7 +217,11 @@ def test_projection_model_from_bench_json(tmp_path):
         assert r["dasgd_over_sync"] >= 1.0
     # the ring's bandwidth term saturates at 2n/beta, its latency term grows with p
     assert rows[0]["allreduce_s"] < rows[-1]["allreduce_s"] < 2 * 0.9 + 2 * 4095 * 1e-5 + 1e-9
-    assert any("ASSUMED" in n for n in notes)
+    # alpha came from the caller (--alpha): said so, not called an assumption
+    assert any("given by --alpha" in n for n in notes)
+    assert not any("ASSUMED" in n for n in notes)
+    _, default_notes = pj.calibrate(m)
+    assert any("ASSUMED" in n for n in default_notes)
 
 
 def test_projection_dasgd_period_and_delay():

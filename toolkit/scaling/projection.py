@@ -52,6 +52,9 @@ def calibrate(measured, *, alpha=None, overlap=None, period=None, delay=None):
     if alpha is None and len({(p, n) for p, n, _ in measured.points}) >= 2:
         notes.append(f"alpha and beta fitted (least squares) to {len(measured.points)} "
                      f"measured allreduces")
+    elif alpha is not None:
+        notes.append(f"alpha = {a * 1e6:.3g} us per hop given by --alpha; beta solved from "
+                     f"the measured allreduce")
     else:
         notes.append(f"alpha = {a * 1e6:.3g} us per hop is ASSUMED (one measured size "
                      f"cannot separate latency from bandwidth; set --alpha); beta solved "

@@ -65,16 +65,23 @@ def load_run(run_dir):
                run=os.path.basename(os.path.normpath(run_dir)), mtime=os.path.getmtime(path))
 
 
+def stopped_early(run_dir):
+    """True when the run's summary.json says a signal stopped it before the end (a
+    preempted run writes one too; the sweep resubmits it with --resume)."""
+    return bool(_load_json(os.path.join(run_dir, "summary.json")).get("stopped_by"))
+
+
 def find_runs(root):
-    """(run dirs with summary.json, run dirs the sweep created that have none yet)."""
+    """(finished run dirs, run dirs without a final summary.json: still queued or running,
+    failed, or stopped before the end)."""
     if not os.path.isdir(root):
         raise ValueError(f"run directory not found: {root}")
     done, unfinished = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "checkpoints")
-        if "summary.json" in filenames:
+        if "summary.json" in filenames and not stopped_early(dirpath):
             done.append(dirpath)
-        elif MARKER in filenames:
+        elif "summary.json" in filenames or MARKER in filenames:
             unfinished.append(dirpath)
     return done, unfinished
 
@@ -111,8 +118,9 @@ def to_markdown(table, unfinished=()):
         lines.append("| " + " | ".join(_fmt(getattr(r, c)) for c in COLUMNS) + " |")
     if unfinished:
         lines.append("")
-        lines.append("Runs without summary.json (still running, or failed: see their "
-                     "slurm-*.out): " + ", ".join(os.path.basename(u) for u in unfinished))
+        lines.append("Runs not finished (still running, failed, or stopped by a signal "
+                     "before the end: see their slurm-*.out; a sweep re-run resumes them): "
+                     + ", ".join(os.path.basename(u) for u in unfinished))
     return "\n".join(lines) + "\n"
 
 
@@ -173,7 +181,8 @@ def make_report(root, prefix=None):
     (markdown text, {kind: path})."""
     done, unfinished = find_runs(root)
     if not done:
-        raise ValueError(f"no finished runs under {root}: no */summary.json found")
+        raise ValueError(f"no finished runs under {root}: no */summary.json of a run that "
+                         f"reached its end")
     table = build_table([load_run(d) for d in done])
     prefix = prefix or os.path.join(root, "scaling_report")
     paths = {"md": prefix + ".md", "csv": prefix + ".csv", "png": prefix + ".png"}
