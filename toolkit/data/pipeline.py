@@ -68,7 +68,7 @@ class EpochIndexed(Dataset):
             where = describe_sample(self.dataset, index)
             if where not in text:
                 text = f"{where}: {text}"
-            return LoadFailure(f"cannot load training {text}")
+            return LoadFailure(f"training data: {text}")
 
 
 def collate_or_failure(items):
@@ -189,5 +189,6 @@ class _CheckedBatches:
         how = str(exc).splitlines()[0]
         signal = how[how.index("killed by signal"):] if "killed by signal" in how else \
             "exited unexpectedly"
-        return (f"a data loader worker{pid} died ({signal.rstrip('. ')}) while loading batch "
-                f"{position + 1} of epoch {self.owner.sampler.epoch + 1} ({self._files_of(position)})")
+        return (f"training data: a loader worker{pid} died ({signal.rstrip('. ')}) while "
+                f"loading batch {position + 1} of epoch {self.owner.sampler.epoch + 1} "
+                f"({self._files_of(position)})")
