@@ -15,13 +15,12 @@ bridge are deleted on stop, and also when the start fails part-way.
 """
 import os
 import shlex
-import signal
 import subprocess
 import sys
 
 from tests.slurm_cluster import SlurmCluster, _which, ensure_installed
-from toolkit.bench.comm import rate_bits_per_s
-from toolkit.emulation.network import NODE_IFACE, NodeNetwork
+from toolkit.emulation.launch import node_env, run_on_node
+from toolkit.emulation.network import NodeNetwork
 from toolkit.emulation.packages import ensure_programs
 from toolkit.emulation.procs import alive, read_pid, stop_pid
 from toolkit.emulation.ssh import NodeSsh
@@ -37,8 +36,6 @@ class EmulatedCluster(SlurmCluster):
         super().__init__(root, cpus=cpus, real_memory_mb=real_memory_mb)
         if nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {nodes}")
-        if rate is not None:
-            rate_bits_per_s(rate)  # ValueError naming --rate on a malformed rate
         self.net = NodeNetwork(self.root, nodes, rate)
         self.ssh = NodeSsh(self.net)
 
@@ -115,44 +112,14 @@ class EmulatedCluster(SlurmCluster):
         return read_pid(self.pid_file(daemon))
 
     # --- using the nodes -----------------------------------------------------------------
-    def node_env(self, base=None):
-        """Environment for commands on a node: the cluster's ssh and this Python first on
-        PATH, the checkout importable, the cluster's SLURM configuration."""
-        env = self.env(base)
-        env["PATH"] = os.pathsep.join([self.ssh.bin_dir, os.path.dirname(sys.executable),
-                                       env.get("PATH", "")])
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-        return env
+    def node_env(self, extra=None, base=None):
+        """Environment for a launcher on a node (launcher_env, the cluster's ssh first on
+        PATH, the checkout importable) that also reaches this cluster's SLURM."""
+        return self.env(node_env(self.ssh, extra, base))
 
     def run_on(self, node, argv, *, env=None, timeout=600, cwd=REPO):
-        """Run argv on `node` in its own process group (a timeout kills the launcher and
-        its local ranks); returns the CompletedProcess."""
-        proc = subprocess.Popen(self.net.prefix(node) + list(argv), cwd=cwd,
-                                env=self.node_env(env), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except BaseException:
-            _kill_group(proc)
-            raise
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-    @property
-    def interface(self):
-        """The nodes' network interface (the same name on every node)."""
-        return NODE_IFACE
-
-
-def _kill_group(proc):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        """Run argv on `node` (CompletedProcess); env: extra variables."""
+        return run_on_node(self.net, node, argv, self.node_env(env), timeout, cwd)
 
 
 USAGE = ("usage: slurm/local_cluster.sh --nodes N [--rate RATE] start DIR\n"

@@ -15,6 +15,7 @@ The layout is written to STATE/network.json before anything is created, so `remo
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -28,8 +29,19 @@ ENTER_SCRIPT = ('hostname "$1" && mount --bind "$2" /etc/hosts && mount --bind "
                 '&& shift 4 && exec "$@"')
 
 
+RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit)$")
+
+
 class NetworkError(RuntimeError):
     pass
+
+
+def check_rate(rate):
+    """The link rate in tc's syntax (decimal units), e.g. 200mbit or 1gbit."""
+    if not RATE.match(str(rate).strip().lower()) or float(re.match(r"[\d.]+", rate)[0]) <= 0:
+        raise ValueError(f"--rate must look like 200mbit, 1gbit or 500kbit (tc syntax), "
+                         f"got {rate!r}")
+    return rate
 
 
 def _run(argv, check=True):
@@ -69,7 +81,7 @@ class NodeNetwork:
     def __init__(self, state_dir, nodes=2, rate=None):
         self.state_dir = os.path.abspath(state_dir)
         self.count = nodes
-        self.rate = rate
+        self.rate = check_rate(rate) if rate is not None else None
         self.token = None
         self.subnet = None
 
