@@ -3,6 +3,9 @@
 # can always be traced back to the modules, MPI, torch and Horovod that produced it.
 # Usage: env_capture.sh PYTHON     (sourced or run; never fails the job)
 PY="${1:-python3}"
+# A stop warning (SIGUSR1) sent to every process of the job must not kill the capture half
+# way: the job script's own handler remembers it (ignored here and in the commands below).
+trap '' USR1
 
 echo "===== environment capture ====="
 echo "date:        $(date -Is)"
