@@ -12,7 +12,11 @@ The policy is written here once; the Makefile and slurm/train.sbatch apply it th
   always win;
 - Open MPI refuses to run as root without two confirmation variables (containers, test
   machines): set only when running as root;
-- more ranks than cores needs --oversubscribe (mpirun_argv).
+- more ranks than cores needs --oversubscribe (mpirun_argv);
+- on SIGTERM or SIGINT mpirun sends its ranks SIGCONT, then SIGTERM after
+  odls_base_sigkill_timeout seconds and SIGKILL after as many again; Open MPI's 1 s leaves
+  no time for the checkpoint a stop signal asks for, so the policy gives them 10 s each
+  (docs/faults.md); a value of the user's own wins.
 """
 import argparse
 import os
@@ -20,6 +24,7 @@ import shlex
 import sys
 
 YIELD_WHEN_IDLE = {"OMPI_MCA_mpi_yield_when_idle": "1"}
+STOP_GRACE = {"OMPI_MCA_odls_base_sigkill_timeout": "10"}
 RUN_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 OPENMPI_COLL_RULES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                   "openmpi_coll_rules.conf")
@@ -34,6 +39,8 @@ def openmpi_env(env=os.environ, ntasks=None, is_root=None):
     Only environment variables are seen: tuning in a parameter file or on mpirun's command
     line is not (export OMPI_MCA_coll_tuned_use_dynamic_rules=0 to keep Open MPI's own)."""
     wanted = dict(YIELD_WHEN_IDLE)
+    if not any(key in env for key in STOP_GRACE):
+        wanted.update(STOP_GRACE)
     if is_root if is_root is not None else os.geteuid() == 0:
         wanted.update(RUN_AS_ROOT)
     user_tunes = any(key.startswith("OMPI_MCA_coll_tuned_") for key in env)
