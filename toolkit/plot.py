@@ -140,3 +140,16 @@ def plot_runs(runs, out_path):
 def plot_run_directory(directory):
     """The plot of one run written into its directory (PLOT_NAME); returns its path."""
     return plot_runs([load_run(directory)], os.path.join(directory, PLOT_NAME))
+
+
+def plot_finished_run(directory):
+    """Writes the run's plot at the end of training; returns the line to print. Never
+    raises: a missing matplotlib or an unwritable plot must not fail a finished run."""
+    try:
+        path = plot_run_directory(directory)
+    except PlotUnavailable as exc:
+        return f"note: {exc}"
+    except (NotARun, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"note: no {PLOT_NAME} ({reason})"
+    return f"plot: {path}"
