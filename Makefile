@@ -9,7 +9,7 @@ MPI_POLICY = eval "$$($(PY) -m toolkit.launcher env $(if $(1),--ntasks $(1)))"
 NP ?= 2
 RUN_ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean cuda-build
 install:
 	@bash scripts/install.sh
 
@@ -22,6 +22,11 @@ test: install
 bench: install
 	$(PY) -m launch.bench_layer --json runs/bench_layer.json
 	$(PY) -m launch.bench_comm --json runs/bench_comm.json
+
+# toolkit._C built with CUDA in .venv-cuda and build/cuda-tree, beside the CPU stack, and checked
+# without a GPU (scripts/cuda_build.sh; downloads ~4 GB the first time; not part of `test`).
+cuda-build:
+	bash scripts/cuda_build.sh
 
 clean:
 	rm -rf build *.egg-info toolkit/_C*.so

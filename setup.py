@@ -36,6 +36,17 @@ def default_arch_list():
     return "7.5;8.0;9.0" if major >= 13 else "7.0;8.0;9.0"
 
 
+def check_cuda_home():
+    """torch takes CUDA_HOME from the environment, else as the grandparent of the `nvcc` on
+    PATH; when that nvcc is a wrapper script (/usr/local/bin/nvcc exec'ing the real one) the
+    guess is /usr/local, and the build fails much later on a missing cuda_runtime.h."""
+    header = os.path.join(CUDA_HOME, "include", "cuda_runtime_api.h")
+    if not os.path.isfile(header):
+        raise SystemExit(f"error: CUDA_HOME={CUDA_HOME} has no include/cuda_runtime_api.h; "
+                         "set CUDA_HOME to the CUDA toolkit root (the directory with bin/nvcc "
+                         "and include/), or TOOLKIT_NO_CUDA=1 for the CPU build")
+
+
 def extension():
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None \
         and os.environ.get("TOOLKIT_NO_CUDA", "0") != "1"
@@ -46,10 +57,14 @@ def extension():
         extra_link_args=["-fopenmp"],
     )
     if with_cuda:
+        check_cuda_home()
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_arch_list())
+        # No -std here: BuildExtension then passes torch's own standard to g++ and nvcc alike
+        # (C++20 for torch 2.13, whose c10 headers use C++20 bit-field initialisers).
+        cuda_cxx = [flag for flag in cxx if not flag.startswith("-std=")]
         return CUDAExtension(
             sources=sources("*.cpp", "cpu/*.cpp", "cuda/*.cpp", "cuda/*.cu"),
-            extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cuda_cxx + ["-DWITH_CUDA"], "nvcc": ["-O3"]},
             **common)
     return CppExtension(sources=sources("*.cpp", "cpu/*.cpp"),
                         extra_compile_args={"cxx": cxx}, **common)
