@@ -45,14 +45,16 @@ def main(argv=None):
     from toolkit import preemption
     stop = preemption.install()
     started = time.time()
-    from toolkit import dist, faults
+    from toolkit import dist, faults, launcher_watch
     try:
+        # From the start too: a launcher that dies while the ranks load is noticed.
+        watch = launcher_watch.watch(stop, dist.detect_launcher(), dist.launcher_rank())
         cfg = config.parse(parser(), argv)
     except ValueError as exc:
         faults.single_rank_setup_error(exc, dist.launcher_rank())
     # Every failure ends in one line and its exit code (toolkit/faults.py, docs/faults.md).
     try:
-        ctx, trainer, watch = set_up(cfg, stop)
+        ctx, trainer = set_up(cfg)
     except Exception as exc:
         faults.report_and_exit(exc, dist.launcher_rank(), during_setup=True, debug=cfg.debug)
     try:
@@ -65,15 +67,14 @@ def main(argv=None):
         os._exit(0)
 
 
-def set_up(cfg, stop):
-    """Horovod, the launcher watch and the Trainer (data, model, strategy, resume)."""
-    from toolkit import dist, launcher_watch
+def set_up(cfg):
+    """Horovod and the Trainer (data, model, strategy, resume)."""
+    from toolkit import dist
     from toolkit.train import Trainer
     ctx = dist.init(cfg.strategy, cfg.delay)
-    watch = launcher_watch.watch(stop, ctx.launcher, ctx.rank)
     if cfg.out is None:
         cfg.out = default_out(cfg, ctx.size)
-    return ctx, Trainer(cfg, ctx), watch
+    return ctx, Trainer(cfg, ctx)
 
 
 def run(cfg, ctx, trainer, started):

@@ -58,8 +58,8 @@ CASES = [
     Case("usr1-mpirun", "SIGUSR1 to mpirun (forwarded at once)", "mpirun -np 2", "0",
          "`stopped by SIGUSR1 at step N`, one checkpoint of step N"),
     Case("kill-mpirun", "SIGKILL to mpirun (the launcher dies)", "mpirun -np 2", "killed",
-         "the ranks notice (`stopped by the exit of mpirun ...`), agree on a step, write its "
-         "checkpoint and exit; every process gone"),
+         "Open MPI ends the ranks as soon as their daemon is gone (no time for a stop "
+         "checkpoint); the last checkpoint loads, no temporary file, every process gone"),
     Case("term-srun", "SIGTERM to srun (forwarded)", "srun -n 2 --mpi=pmix", "0",
          "`stopped by SIGTERM at step N`, one checkpoint of step N, every rank gone"),
     Case("int-srun", "SIGINT to srun twice within a second (srun's rule: once only prints "

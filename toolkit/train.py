@@ -303,9 +303,9 @@ class Trainer:
                        comm_wait_s=self.strategy.comm_wait_s - self.epoch_comm_mark,
                        **self.last_eval)
         # Stopped inside an epoch (--max-steps): name the epoch it is in, not the last one done.
-        epoch = self.epoch if self.step_in_epoch == 0 else \
-            f"{self.epoch + 1} ({self.step_in_epoch}/{self.steps_epoch} steps)"
-        dist.root_print(ctx, f"epoch {epoch}/{self.cfg.epochs} step {self.step}: "
+        epoch = f"{self.epoch}/{self.cfg.epochs}" if self.step_in_epoch == 0 else \
+            f"{self.epoch + 1}/{self.cfg.epochs} ({self.step_in_epoch}/{self.steps_epoch} steps)"
+        dist.root_print(ctx, f"epoch {epoch} step {self.step}: "
                         f"train_loss={meter.loss:.4f} "
                         f"test_loss={self.last_eval['test_loss']:.4f} "
                         f"test_acc={self.last_eval['test_acc']:.4f} images/s={images_per_s:.0f}")

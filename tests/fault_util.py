@@ -1,0 +1,170 @@
+"""Running a real training job, injecting a fault and checking how it ended (tests/test_faults_*)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import torch
+
+from tests.mpi_util import REPO
+from tests.train_util import train_argv
+from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv
+
+# Long enough that only the injected fault ends it.
+LONG = ("--norm", "bn", "--epochs", "200", "--checkpoint-interval", "5", "--log-interval", "5")
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)|Horovod has been shut down")
+
+
+def job_env(extra=None):
+    env = launcher_env(extra)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def launch_argv(launcher, np_, args):
+    argv = train_argv(*args)
+    if launcher == "mpirun":
+        return mpirun_argv(np_, argv)
+    if launcher == "horovodrun":
+        return horovodrun_argv(np_, argv)
+    if launcher == "none":
+        return argv
+    raise ValueError(f"unknown launcher {launcher!r}")
+
+
+def start(launcher, np_, args, *, prefix=(), env=None):
+    """The job in its own session (so that a test can signal just the launcher, and a
+    terminal's Ctrl-C never reaches it), output captured."""
+    env = job_env(env)
+    if launcher == "none":
+        for var in [v for v in env if v.startswith(("OMPI_COMM_WORLD", "SLURM_", "HOROVOD_"))]:
+            del env[var]
+    return subprocess.Popen([*prefix, *launch_argv(launcher, np_, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def rank_pids(job):
+    """pids of the training processes (python -m launch.train) under the job."""
+    try:
+        children = psutil.Process(job.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    pids = []
+    for p in children:
+        try:
+            if "launch.train" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def descendants(job):
+    try:
+        return [p.pid for p in psutil.Process(job.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_for(predicate, timeout, interval=0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def checkpoints(out):
+    return sorted((out / "checkpoints").glob("ckpt-*.pt")) if (out / "checkpoints").is_dir() \
+        else []
+
+
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Seen:
+    """Every process the job ever had below it, sampled in the background: the ranks,
+    mpirun's children, the horovodrun shell's mpirun. A fault may end some of them before
+    a test could list them."""
+
+    def __init__(self, job, interval=0.2):
+        self.job, self.pids, self._stop = job, set(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval):
+        while not self._stop.is_set():
+            self.pids.update(descendants(self.job))
+            if self.job.poll() is not None and not any(alive(p) for p in self.pids):
+                return
+            self._stop.wait(interval)
+
+    def ranks(self):
+        return rank_pids(self.job)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        return self.pids
+
+
+def finish(job, seen, timeout=60):
+    """Wait for the job's output to close and every process it had to be gone (at most
+    `timeout` s in all); returns (stdout, stderr, seconds). Whatever is still alive then is
+    killed (by pid) and the test fails naming it."""
+    start_t = time.time()
+    try:
+        stdout, stderr = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout = stderr = ""
+    pids = seen.stop()
+    wait_for(lambda: not any(alive(pid) for pid in pids),
+             max(0.1, timeout - (time.time() - start_t)), interval=0.1)
+    left = [pid for pid in pids if alive(pid)]
+    if job.poll() is None:
+        left.append(job.pid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if job.poll() is None:
+        job.kill()
+        stdout, stderr = job.communicate()
+    assert not left, f"still running {timeout} s after the fault: pids {left}\n{stderr[-3000:]}"
+    return stdout, stderr, time.time() - start_t
+
+
+def error_lines(text):
+    """`error:` lines, without the launchers' `[1,0]<stderr>:` tags."""
+    return [line[line.index("error:"):] for line in text.splitlines() if "error:" in line
+            and (line.startswith("error:") or re.match(r"^\[\d+,\d+\]<std(err|out)>:error:", line))]
+
+
+def assert_no_traceback(*texts):
+    for text in texts:
+        match = TRACEBACK.search(text)
+        assert match is None, f"a traceback reached the user:\n{text[-3000:]}"
+
+
+def assert_intact(path):
+    """A complete checkpoint that torch loads, holding a step."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    assert isinstance(state, dict) and state["step"] > 0
+    return state
+
+
+def no_temporary_files(directory):
+    return [str(p) for p in directory.rglob("*") if p.name.startswith(".tmp") or
+            p.name.endswith(".tmp")]

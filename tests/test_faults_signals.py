@@ -1,0 +1,103 @@
+"""Stopping the launcher stops the job cleanly: the ranks agree on a step, write one
+checkpoint of it, exit, and no process is left (docs/faults.md says what to signal).
+
+Each case is a real 2-rank job of the small CNN on digits, signalled once it is training.
+"""
+import json
+import re
+import signal
+import time
+
+import pytest
+
+from tests.fault_util import (LONG, Seen, assert_intact, assert_no_traceback, checkpoints,
+                              error_lines, finish, no_temporary_files, start, wait_for)
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+
+STOPPED = re.compile(r"stopped by (.+) at step (\d+): checkpoint (\S+);")
+TIMEOUT_S = 35  # `timeout` expires while the ranks train (they start in 10-20 s here)
+
+
+def training(job, out, timeout=120):
+    """Wait until the job has written a checkpoint (its ranks are past the start-up)."""
+    assert wait_for(lambda: checkpoints(out) or job.poll() is not None, timeout), \
+        "no checkpoint within the time limit"
+    assert job.poll() is None, job.communicate()[1][-3000:]
+
+
+def assert_clean_stop(out, stdout, stderr, reason):
+    """One stop at one step, its checkpoint written and loadable, no error, no traceback."""
+    summary = json.loads((out / "summary.json").read_text())
+    step, by = summary["steps"], summary["stopped_by"]
+    assert by is not None and reason in by, by
+    stops = STOPPED.findall(stdout)
+    assert len(stops) == 1, stdout[-3000:] + stderr[-3000:]
+    assert stops[0][0] == by and int(stops[0][1]) == step, stops
+    assert error_lines(stderr) == [], stderr[-3000:]
+    assert_no_traceback(stdout, stderr)
+    newest = checkpoints(out)[-1]
+    assert newest.name == f"ckpt-{step:08d}.pt" and assert_intact(newest)["step"] == step
+    return step
+
+
+def run_and_signal(tmp_path, launcher, sig, *, prefix=()):
+    out = tmp_path / "run"
+    job = start(launcher, 2, (*LONG, "--strategy", "dasgd", "--out", out), prefix=prefix)
+    seen = Seen(job)
+    try:
+        training(job, out)
+        if sig is not None:
+            job.send_signal(sig)
+        signalled = time.time()
+        stdout, stderr, _ = finish(job, seen, timeout=60 if sig is not None else 120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    return out, job.returncode, stdout, stderr, time.time() - signalled
+
+
+@pytest.mark.parametrize("case, sig", [("term-horovodrun", signal.SIGTERM),
+                                       ("int-horovodrun", signal.SIGINT)])
+def test_signal_to_horovodrun(tmp_path, case, sig):
+    """horovodrun is `/bin/sh -c mpirun ...` by then: the shell dies, mpirun lives on, and
+    the ranks notice that horovodrun is gone."""
+    out, code, stdout, stderr, _ = run_and_signal(tmp_path, "horovodrun", sig)
+    assert code == -sig, (code, stderr[-3000:])
+    assert_clean_stop(out, stdout, stderr, "the exit of horovodrun")
+
+
+@pytest.mark.parametrize("case, sig", [("term-mpirun", signal.SIGTERM),
+                                       ("int-mpirun", signal.SIGINT),
+                                       ("usr1-mpirun", signal.SIGUSR1)])
+def test_signal_to_mpirun(tmp_path, case, sig):
+    """mpirun forwards SIGUSR1 at once; on SIGTERM/SIGINT it sends SIGCONT at once and
+    SIGTERM after odls_base_sigkill_timeout (10 s by the toolkit's policy)."""
+    out, code, stdout, stderr, _ = run_and_signal(tmp_path, "mpirun", sig)
+    assert code == 0, stderr[-3000:]
+    expected = "SIGUSR1" if sig == signal.SIGUSR1 else "SIGTERM"
+    assert_clean_stop(out, stdout, stderr, expected)
+
+
+@pytest.mark.parametrize("case, launcher, reason", [
+    ("timeout-horovodrun", "horovodrun", "the exit of horovodrun"),
+    ("timeout-mpirun", "mpirun", "SIGTERM")])
+def test_timeout_around_the_launcher(tmp_path, case, launcher, reason):
+    out = tmp_path / "run"
+    job = start(launcher, 2, (*LONG, "--strategy", "dasgd", "--out", out),
+                prefix=("timeout", "-s", "TERM", str(TIMEOUT_S)))
+    seen = Seen(job)
+    stdout, stderr, seconds = finish(job, seen, timeout=TIMEOUT_S + 60)
+    assert job.returncode == 124, stderr[-3000:]
+    assert seconds < TIMEOUT_S + 60
+    assert_clean_stop(out, stdout, stderr, reason)
+
+
+@pytest.mark.parametrize("case", ["kill-mpirun"])
+def test_no_rank_outlives_a_killed_mpirun(tmp_path, case):
+    """Open MPI's ranks abort once their daemon is gone (before the launcher watch could
+    ask for a stop): nothing keeps running, and the last checkpoint is whole."""
+    out, code, stdout, stderr, seconds = run_and_signal(tmp_path, "mpirun", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert_intact(checkpoints(out)[-1])
+    assert no_temporary_files(out) == []
