@@ -63,6 +63,13 @@ def horovodrun_shell(launcher_pid):
     return None
 
 
+def _silence_output():
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def grace_s(env=os.environ):
     raw = env.get(GRACE_ENV, "")
     try:
@@ -107,6 +114,10 @@ class LauncherWatch:
         while self.gone is None:
             time.sleep(self.interval_s)
             self.gone = self.check()
+        if os.getppid() != self.launcher_pid:
+            # Our output went to the launcher, which is gone: writing would fail with a
+            # broken pipe in the middle of the stop. summary.json still records it.
+            _silence_output()
         self.flag.request(self.gone)
         # The other ranks should notice too and vote to stop; if they cannot (they died
         # with the launcher), leave rather than linger as an orphan.
