@@ -9,7 +9,7 @@ MPI_POLICY = eval "$$($(PY) -m toolkit.launcher env $(if $(1),--ntasks $(1)))"
 NP ?= 2
 RUN_ARGS ?=
 
-.PHONY: install run test bench clean cuda-build
+.PHONY: install run test test-multinode bench clean cuda-build
 install:
 	@bash scripts/install.sh
 
@@ -18,6 +18,11 @@ run: install
 
 test: install
 	$(call MPI_POLICY,) && $(PY) -m pytest -q tests
+
+# Ranks on an emulated 2-node cluster (root; namespaces, sshd and slurmd per node; several
+# minutes, so not part of `test`, which skips them): docs/multinode.md.
+test-multinode: install
+	$(call MPI_POLICY,) && $(PY) -m pytest -q -m multinode tests/test_multinode.py
 
 bench: install
 	$(PY) -m launch.bench_layer --json runs/bench_layer.json
