@@ -1,8 +1,12 @@
-"""python -m launch.study lr-check|convergence --out DIR: many training runs -> tables + PNG.
+"""python -m launch.study lr-check|convergence|stats-every --out DIR: many training runs ->
+tables + PNG.
 
 lr-check:    invariance layer at lr 1.0 and 0.1 vs BatchNorm at 0.1 and 0.05 on digits
              (3 seeds each): test-accuracy curves, epochs to 97 %, final accuracy.
 convergence: dasgd vs sync at equal epochs on digits, 2 and 4 ranks, 3 seeds.
+stats-every: the invariance layer refreshing its statistics every k-th step, k = 1, 4, 10,
+             50; small CNN and vit_tiny on digits, lr 0.1 and 1.0, 3 seeds (single process,
+             one thread; continues an interrupted study from DIR/runs.jsonl).
 """
 import argparse
 import json
@@ -14,7 +18,7 @@ from toolkit import studies
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m launch.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("study", choices=["lr-check", "convergence"])
+    p.add_argument("study", choices=["lr-check", "convergence", "stats-every"])
     p.add_argument("--out", required=True, help="directory for the runs and the report")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -23,8 +27,16 @@ def main(argv=None):
     p.add_argument("--norm", default="inv", choices=["bn", "inv", "none"],
                    help="layer of the model (convergence)")
     p.add_argument("--lr", type=float, default=0.05, help="per-worker lr (convergence)")
+    p.add_argument("--vit-epochs", type=int,
+                   help="epochs of the vit_tiny runs (stats-every; default: --epochs)")
+    p.add_argument("--models", nargs="+", choices=["small_cnn", "vit_tiny"],
+                   default=["small_cnn", "vit_tiny"],
+                   help="models to run (stats-every; the report covers the runs of all "
+                        "models found in DIR/runs.jsonl)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.study == "stats-every":
+        return stats_every(args)
     if args.study == "lr-check":
         rows = studies.lr_check(args.out, seeds=args.seeds, epochs=args.epochs)
         table = studies.lr_check_table(rows)
@@ -44,6 +56,25 @@ def main(argv=None):
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(table + "\n")
     print(table)
+    if png:
+        print(f"plot: {png}")
+
+
+def stats_every(args):
+    from toolkit import stats_every_study as study
+    epochs = {"small_cnn": args.epochs, "vit_tiny": args.vit_epochs or args.epochs}
+    rows = study.run_study(args.out, epochs=epochs, seeds=args.seeds, models=args.models)
+    summary = study.summarise(rows)
+    verdict = study.largest_k_that_holds(summary)
+    epochs = {m: epochs[m] for m in args.models}
+    text = study.table(summary, verdict, epochs)
+    with open(os.path.join(args.out, "stats_every.json"), "w") as f:
+        json.dump({"epochs": epochs, "summary": summary, "largest_k_that_holds": verdict,
+                   "runs": rows}, f, indent=1)
+    with open(os.path.join(args.out, "stats_every.md"), "w") as f:
+        f.write(text + "\n")
+    png = study.plot(summary, os.path.join(args.out, "stats_every.png"))
+    print(text)
     if png:
         print(f"plot: {png}")
 

@@ -2,7 +2,7 @@
 
 Every model takes norm = "bn" | "inv" | "none" (see models/layers.py for what each means).
 """
-from models.layers import NORMS, check_norm
+from models.layers import NORMS, check_layer_options, check_norm
 
 MODEL_NAMES = ("small_cnn", "resnet18_cifar", "resnet20", "resnet56", "resnet18", "resnet50",
                "vgg11", "vgg16", "vit_tiny")
@@ -34,8 +34,15 @@ def _constructor(name):
     return lambda image_size, **kw: vit_tiny(image_size=image_size, **kw)
 
 
-def build_model(name, *, num_classes, in_channels=3, image_size=32, norm="bn"):
-    """A freshly initialised model `name` (one of MODEL_NAMES)."""
+def build_model(name, *, num_classes, in_channels=3, image_size=32, norm="bn",
+                layer_options=None):
+    """A freshly initialised model `name` (one of MODEL_NAMES).
+
+    layer_options (norm="inv"): a dict with any of block, sampling_stride (int or "auto"),
+    stats_budget, n_iter, first_n_iter, stats_every, sync, method, freeze, given to every
+    InvConv2d / InvLinear (block, sampling_stride and stats_budget to the convs only,
+    first_n_iter to the network's first conv); see toolkit.invariance.options.
+    Unknown options or bad values raise a ValueError naming the option."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     check_norm(norm)
@@ -43,8 +50,9 @@ def build_model(name, *, num_classes, in_channels=3, image_size=32, norm="bn"):
                          ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    options = check_layer_options(norm, layer_options)
     return _constructor(name)(image_size, num_classes=num_classes, in_channels=in_channels,
-                              norm=norm)
+                              norm=norm, layer_options=options)
 
 
 __all__ = ["MODEL_NAMES", "NORMS", "build_model"]

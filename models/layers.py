@@ -16,15 +16,25 @@ from torch import nn
 
 NORMS = ("bn", "inv", "none")
 
-# The first conv sees raw pixels, whose patch covariance is badly conditioned; the spec
-# (section 3d) gives it three times the Newton-Schulz iterations of every other layer.
-FIRST_CONV_N_ITER = 15
-
 
 def check_norm(norm):
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
     return norm
+
+
+def check_layer_options(norm, layer_options):
+    """The invariance layers' options (toolkit.invariance.options.check_layer_options: checked,
+    defaults filled).  With norm "bn" / "none" they are checked too, and any option that is
+    not its default is an error: it would silently do nothing."""
+    from toolkit.invariance.options import LAYER_DEFAULTS, check_layer_options as check
+    opts = check(layer_options)
+    if norm != "inv":
+        changed = [k for k, v in opts.items() if v != LAYER_DEFAULTS[k]]
+        if changed:
+            raise ValueError(f"layer option {changed[0]} applies only to norm='inv', "
+                             f"got norm={norm!r}")
+    return opts
 
 
 def _invariance_module():
@@ -47,19 +57,21 @@ class LayerFactory:
 
     `conv(...)` returns a module computing "conv followed by its normalisation" (no
     activation). The first call with ``first=True`` marks the network's input conv.
+    `layer_options` (norm="inv"): the options of every invariance layer, see
+    toolkit.invariance.options.check_layer_options.
     """
 
-    def __init__(self, norm):
+    def __init__(self, norm, layer_options=None):
         self.norm = check_norm(norm)
+        self.layer_options = check_layer_options(norm, layer_options)
         self._inv = _invariance_module() if norm == "inv" else None
 
     def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
              groups=1, first=False):
         if self.norm == "inv":
-            n_iter = FIRST_CONV_N_ITER if first else 5
+            kwargs = self._inv.options.layer_kwargs(self.layer_options, "conv", first)
             return self._inv.InvConv2d(in_channels, out_channels, kernel_size, stride=stride,
-                                       padding=padding, groups=groups, bias=True,
-                                       n_iter=n_iter)
+                                       padding=padding, groups=groups, bias=True, **kwargs)
         if self.norm == "bn":
             return nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
@@ -87,7 +99,8 @@ class LayerFactory:
     def linear(self, in_features, out_features, bias=True):
         """A fully connected layer; with norm="inv" the InvLinear (block = full width)."""
         if self.norm == "inv":
-            return self._inv.InvLinear(in_features, out_features, bias=bias)
+            kwargs = self._inv.options.layer_kwargs(self.layer_options, "linear")
+            return self._inv.InvLinear(in_features, out_features, bias=bias, **kwargs)
         return nn.Linear(in_features, out_features, bias=bias)
 
     def token_norm(self, features):

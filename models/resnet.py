@@ -1,7 +1,7 @@
 """Residual networks: CIFAR variants (resnet18_cifar, resnet20, resnet56) and ImageNet
 variants (resnet18, resnet50), each with norm = bn | inv | none (see models/layers.py).
 
-Block order (spec section 1): [conv+norm] -> ReLU -> [conv+norm] + shortcut -> ReLU.
+Block order: [conv+norm] -> ReLU -> [conv+norm] + shortcut -> ReLU.
 With norm="inv" each [conv+norm] is one InvConv2d; the 1x1 downsample conv of a
 projection shortcut goes through the same factory, so it is replaced too.
 """
@@ -67,9 +67,9 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block, blocks_per_stage, widths, *, num_classes, in_channels, norm,
-                 stem):
+                 stem, layer_options=None):
         super().__init__()
-        layers = LayerFactory(norm)
+        layers = LayerFactory(norm, layer_options)
         self.norm = norm
         stem_width = widths[0]
         if stem == "cifar":

@@ -13,9 +13,9 @@ WIDTHS = (16, 32, 64)
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, *, num_classes, in_channels, norm):
+    def __init__(self, *, num_classes, in_channels, norm, layer_options=None):
         super().__init__()
-        layers = LayerFactory(norm)
+        layers = LayerFactory(norm, layer_options)
         self.norm = norm
         c1, c2, c3 = WIDTHS
         self.features = nn.Sequential(

@@ -19,9 +19,10 @@ CONFIGS = {
 
 
 class VGG(nn.Module):
-    def __init__(self, depth, *, num_classes, in_channels, image_size, norm):
+    def __init__(self, depth, *, num_classes, in_channels, image_size, norm,
+                 layer_options=None):
         super().__init__()
-        layers = LayerFactory(norm)
+        layers = LayerFactory(norm, layer_options)
         self.norm = norm
         features, channels, size = [], in_channels, image_size
         for item in CONFIGS[depth]:

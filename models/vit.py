@@ -67,9 +67,9 @@ def patch_size_for(image_size):
 
 class VisionTransformer(nn.Module):
     def __init__(self, *, num_classes, in_channels, image_size, norm, dim, depth, heads,
-                 mlp_dim):
+                 mlp_dim, layer_options=None):
         super().__init__()
-        layers = LayerFactory(norm)
+        layers = LayerFactory(norm, layer_options)
         self.norm = norm
         patch = patch_size_for(image_size)
         tokens = (image_size // patch) ** 2

@@ -120,15 +120,15 @@ def test_running_statistics_ema_and_freeze():
     d = layer.d
     assert not torch.allclose(layer.running_whitening, torch.eye(d).expand(1, d, d))
     frozen = InvConv2d(4, 4, 3, padding=1, freeze=True)
-    frozen(x)                                   # iteration 0: batch statistics
+    frozen(x)                                   # step 1: batch statistics
     assert int(frozen.num_batches_tracked) == 1
     before = frozen.running_whitening.clone()
-    frozen.num_batches_tracked.fill_(500)       # 500 % 1000 > 100: running buffers
+    frozen.num_batches_tracked.fill_(500)       # step 501: running buffers
     y = frozen(x)
     assert torch.equal(frozen.running_whitening, before)
     y.sum().backward()
     assert frozen.weight.grad is not None
-    frozen.num_batches_tracked.fill_(1050)      # 1050 % 1000 <= 100: statistics again
+    frozen.num_batches_tracked.fill_(1050)      # step 1051: statistics again
     frozen(x)
     assert not torch.equal(frozen.running_whitening, before)
 
@@ -170,8 +170,14 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
     result = main(["--json", str(out), "--model", "small_cnn", "--batch", "4", "--image-size",
                    "8", "--steps", "1", "--warmup", "1", "--threads", "1"])
     saved = json.loads(out.read_text())
-    for key in ("bn_step_s", "inv_step_s", "ref_step_s", "inv_over_bn", "ref_over_inv"):
+    for key in ("bn_step_s", "inv_step_s", "inv_k10_step_s", "ref_step_s", "inv_over_bn",
+                "inv_over_bn_k10", "inv_over_floor", "ref_over_inv"):
         assert saved[key] > 0 and saved[key] == pytest.approx(result[key])
+    assert saved["inv_over_bn_k10"] == pytest.approx(saved["inv_k10_step_s"] / saved["bn_step_s"])
+    assert saved["inv_over_floor"] == pytest.approx(saved["inv_step_s"] /
+                                                    saved["floor_inv_step_s"])
+    # k = 10 is timed over whole periods: one sample per round, the mean of 10 steps
+    assert len(saved["samples_s"]["inv_k10"]) == 1
     assert saved["layers"] and {"forward_ms", "backward_ms", "share_stats", "share_inv_sqrt",
                                 "share_conv"} <= set(saved["layers"][0])
     # the lower bound: one row per invariance layer, every part measured, bound below the step

@@ -65,7 +65,7 @@ def op_samples():
         (OPS.fold_weights, (w, d_conv, mu_conv, b, 1, True)),
         (OPS.fold_weights_backward, (torch.randn_like(folded), torch.randn(6, dtype=torch.float64),
                                      w.detach(), d_conv.detach(), mu_conv.detach(), folded, 1,
-                                     True)),
+                                     True, [True, True, True])),
         (OPS.local_stats, (x, 5, 1.0)),
         (OPS.local_stats_forward, (d, 5, 1.0)),
         (OPS.local_stats_backward, (torch.randn_like(m), torch.randn_like(m), d, m, v, 5)),
@@ -176,3 +176,21 @@ def test_ops_reject_bad_shapes():
     with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
         OPS.sampled_patches(x4(shape=(1, 2, 2, 2)), [5, 5], [0, 0], [1, 1], [1, 1], 1, 1)
     assert F is not None
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["conv", "linear"])
+def test_fold_backward_computes_only_the_masked_gradients(interleaved):
+    g = torch.Generator().manual_seed(8)
+    shape, d = ((6, 4, 3, 3), 18) if interleaved else ((3, 8), 4)
+    w = torch.randn(*shape, generator=g, dtype=torch.float64)
+    dd = torch.randn(1, d, d, generator=g, dtype=torch.float64)
+    mu = torch.randn(1, d, generator=g, dtype=torch.float64)
+    b = torch.randn(shape[0], generator=g, dtype=torch.float64)
+    folded = OPS.fold_weights(w, dd, mu, b, 1, interleaved)[0]
+    grads = (torch.randn_like(folded), torch.randn_like(b))
+    args = (*grads, w, dd, mu, folded, 1, interleaved)
+    full = OPS.fold_weights_backward(*args, [True, True, True])
+    weight_only = OPS.fold_weights_backward(*args, [True, False, False])
+    assert torch.equal(weight_only[0], full[0]) and torch.equal(weight_only[3], full[3])
+    assert weight_only[1] is None and weight_only[2] is None
+    torch.library.opcheck(OPS.fold_weights_backward, (*args, [True, False, False]))

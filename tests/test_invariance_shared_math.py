@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-import toolkit.invariance  # noqa: F401  (loads toolkit._C: torch.ops.invariance)
+import toolkit.invariance.ops  # noqa: F401  (loads toolkit._C: torch.ops.invariance)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "toolkit", "csrc")

@@ -172,3 +172,69 @@ def test_small_cnn_learns_digits_bn():
 @needs_inv
 def test_small_cnn_learns_digits_inv():
     assert _train_small_cnn_on_digits("inv", epochs=3, lr=0.05) > 0.9
+
+
+@needs_inv
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20", "vit_tiny"])
+def test_layer_options_reach_every_invariance_layer(name):
+    options = dict(block=8, sampling_stride="auto", stats_budget=0.5, n_iter=4, first_n_iter=9,
+                   stats_every=10, method="newton", sync=True)
+    model = build_model(name, num_classes=7, in_channels=1, image_size=8, norm="inv",
+                        layer_options=options)
+    convs = [m for m in model.modules() if isinstance(m, invariance.InvConv2d)]
+    linears = [m for m in model.modules() if isinstance(m, invariance.InvLinear)]
+    assert convs and linears
+    assert [c.n_iter for c in convs] == [9] + [4] * (len(convs) - 1)
+    assert all(m.n_iter == 4 for m in linears)
+    for layer in convs + linears:
+        assert (layer.stats_every, layer.method, layer.sync, layer.freeze) == \
+            (10, "newton", True, False)
+        assert layer.warm_start == 29
+    for conv in convs:
+        assert conv.stats_budget == 0.5 and conv.block == min(8, conv.in_channels)
+        k2 = conv.kernel_size[0] * conv.kernel_size[1]
+        s = conv.sampling_stride
+        assert k2 * conv.block / (s * s * conv.out_channels) <= 0.5
+    # linear layers keep their full-width block: the conv block does not apply to them
+    assert all(m.block == min(m.in_features, 512) for m in linears)
+    x = torch.randn(2, 1, 8, 8)
+    model(x).sum().backward()
+
+
+@needs_inv
+def test_layer_options_defaults_are_the_spec_layer():
+    default = build_model("resnet20", num_classes=7, norm="inv")
+    explicit = build_model("resnet20", num_classes=7, norm="inv", layer_options={
+        "block": 64, "sampling_stride": "3", "n_iter": None, "stats_every": 1})
+    for a, b in zip(default.modules(), explicit.modules()):
+        assert type(a) is type(b) and repr(a) == repr(b)
+    frozen = build_model("small_cnn", num_classes=7, in_channels=1, image_size=8, norm="inv",
+                         layer_options={"freeze": True})
+    assert all(m.freeze for m in frozen.modules() if isinstance(m, invariance.InvConv2d))
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"stats_every": 0}, "stats_every"), ({"block": -1}, "block"),
+    ({"sampling_stride": "fast"}, "sampling_stride"), ({"sampling_stride": 0}, "sampling_stride"),
+    ({"stats_budget": 0}, "stats_budget"), ({"n_iter": 1.5}, "n_iter"),
+    ({"first_n_iter": 0}, "first_n_iter"), ({"method": "exact"}, "method"),
+    ({"sync": "yes"}, "sync"), ({"freeze": 1}, "freeze"),
+    ({"freeze": True, "stats_every": 10}, "freeze"), ({"blocks": 64}, "unknown layer option"),
+])
+def test_bad_layer_options_raise_one_line_value_errors(options, match):
+    with pytest.raises(ValueError, match=match) as info:
+        build_model("small_cnn", num_classes=7, in_channels=1, image_size=8, norm="inv",
+                    layer_options=options)
+    assert "\n" not in str(info.value)
+
+
+def test_layer_options_with_another_norm():
+    # checked, defaults accepted (a run configuration passes them all), changes refused
+    from toolkit.invariance.options import LAYER_DEFAULTS, check_layer_options
+    model = build_model("small_cnn", num_classes=7, in_channels=1, image_size=8, norm="bn",
+                        layer_options=dict(LAYER_DEFAULTS))
+    assert not any("Inv" in type(m).__name__ for m in model.modules())
+    with pytest.raises(ValueError, match="stats_every applies only to norm='inv'"):
+        build_model("small_cnn", num_classes=7, norm="bn", layer_options={"stats_every": 4})
+    assert check_layer_options({"sampling_stride": "auto", "stats_every": 4}) == {
+        **LAYER_DEFAULTS, "sampling_stride": "auto", "stats_every": 4}

@@ -1,8 +1,9 @@
 """Cost of the invariance layer: whole training steps and a per-layer breakdown.
 
-step_times(): BatchNorm ResNet vs the same network with InvConv2d/InvLinear (C++ ops) vs
-the pure-PyTorch reference layer (tests/invariance_reference.py, same math), timed in
-interleaved rounds so that all three see the same machine load.
+step_times(): BatchNorm ResNet vs the same network with InvConv2d/InvLinear (C++ ops), with
+stats_every=10 (timed over whole periods) and the pure-PyTorch reference layer
+(tests/invariance_reference.py, same math), timed in interleaved rounds so that all of them
+see the same machine load.
 layer_table(): every invariance layer of the network timed alone on the input shape it sees
 in the network, with the shares of statistics / inverse square root / conv from a profile.
 """
@@ -46,21 +47,34 @@ def train_step(model, optimizer, x, y):
     return loss
 
 
-def step_times(models, x, y, steps=5, warmup=2, lr=0.1):
-    """Median seconds per training step of each model; rounds interleave the models."""
+def step_times(models, x, y, steps=5, warmup=2, lr=0.1, periods=None):
+    """Median seconds per training step of each model; rounds interleave the models.
+    periods[name] = p: that model runs p consecutive steps per round (a whole stats_every
+    period) and its sample is their mean."""
+    periods = periods or {}
     opts = {name: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for name, m in
             models.items()}
     for name, model in models.items():
         model.train()
-        for _ in range(warmup):
+        for _ in range(warmup * periods.get(name, 1)):
             train_step(model, opts[name], x, y)
     times = {name: [] for name in models}
     for _ in range(steps):
         for name, model in models.items():
+            p = periods.get(name, 1)
             t0 = time.perf_counter()
-            train_step(model, opts[name], x, y)
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(p):
+                train_step(model, opts[name], x, y)
+            times[name].append((time.perf_counter() - t0) / p)
     return {name: statistics.median(t) for name, t in times.items()}, times
+
+
+def past_warm_start(model):
+    """Moves every invariance layer's step counter past its warm start (the schedule's
+    phase), so that timing sees the steady state: one refresh per stats_every steps."""
+    for _, layer in invariance_layers(model):
+        layer.num_batches_tracked.fill_(layer.warm_start)
+    return model
 
 
 def invariance_layers(model):

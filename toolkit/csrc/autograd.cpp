@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "invariance.h"
 
 namespace invariance {
@@ -174,12 +176,16 @@ struct Fold : public torch::autograd::Function<Fold> {
         typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
                                                          const Tensor&, const Tensor&,
                                                          const Tensor&, const Tensor&, int64_t,
-                                                         bool)>(
+                                                         bool, std::array<bool, 3>)>(
             "invariance::fold_weights_backward");
     auto s = ctx->get_saved_variables();
+    // Folding the running buffers (eval, stale steps) needs no gradient for D and mu: the
+    // d x (C_out G) product of gD is skipped then.
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   ctx->needs_input_grad(2)};
     auto [gW, gD, gmu, gb] = h.call(grads[0], grads[1], s[0], s[1], s[2], s[3],
                                     ctx->saved_data["groups"].toInt(),
-                                    ctx->saved_data["interleaved"].toBool());
+                                    ctx->saved_data["interleaved"].toBool(), mask);
     return {gW, gD, gmu, gb, Tensor(), Tensor()};
   }
 };

@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <array>
+
 #include "invariance.h"
 #include "small_math_threads.h"
 
@@ -290,31 +292,37 @@ std::tuple<Tensor, Tensor> fold_weights(const Tensor& weight, const Tensor& D, c
   return {from_block_columns(cols, f, weight.sizes()).contiguous(), bias - shift};
 }
 
+// output_mask = which of (weight, whitening, mean) need a gradient; the others are returned
+// undefined (None), which saves the d x d product of gD when the running buffers are folded.
 std::tuple<Tensor, Tensor, Tensor, Tensor> fold_weights_backward(
     const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& weight, const Tensor& D,
-    const Tensor& mu, const Tensor& folded, int64_t groups, bool interleaved) {
+    const Tensor& mu, const Tensor& folded, int64_t groups, bool interleaved,
+    std::array<bool, 3> output_mask) {
   const auto f = fold_shape(weight, D, mu, grad_bias, groups, interleaved);
   SmallMathThreads scope(weight.is_cpu() && fold_macs(f) < kSmallFoldMacs);
+  Tensor gW, gD, gmu;
   if (!interleaved) {
     // b~ = b - sum_g W~_g . mu  ->  the total gradient of W~_g is gW~_g - gb~ mu^T
     auto tot = (grad_weight.reshape({f.out, f.G, f.d}) -
                 grad_bias.view({f.out, 1, 1}) * mu.view({1, 1, f.d}))
                    .reshape({-1, f.d});
-    auto Wc = weight.reshape({-1, f.d});
-    auto gW = at::mm(tot, D[0].t()).view(weight.sizes());
-    auto gD = at::mm(Wc.t(), tot).unsqueeze(0);
-    auto Wsum = folded.reshape({f.out, f.G, f.d}).sum(1);
-    auto gmu = -at::mm(grad_bias.view({1, f.out}), Wsum);
+    if (output_mask[0]) gW = at::mm(tot, D[0].t()).view(weight.sizes());
+    if (output_mask[1]) gD = at::mm(weight.reshape({-1, f.d}).t(), tot).unsqueeze(0);
+    if (output_mask[2])
+      gmu = -at::mm(grad_bias.view({1, f.out}), folded.reshape({f.out, f.G, f.d}).sum(1));
     return {gW, gD, gmu, grad_bias.clone()};
   }
   auto gcols = grad_weight.reshape({f.groups, f.out_per_group, f.d, f.G}).permute({0, 2, 1, 3});
   auto tot = (gcols - mu.view({f.groups, f.d, 1, 1}) *
                           grad_bias.view({f.groups, 1, f.out_per_group, 1}))
                  .reshape({f.groups, f.d, f.out_per_group * f.G});
-  auto gW = from_block_columns(at::bmm(D.mT(), tot), f, weight.sizes()).contiguous();
-  auto gD = at::bmm(tot, to_block_columns(weight, f).mT());
-  auto Wsum = folded.reshape({f.groups, f.out_per_group, f.d, f.G}).sum(-1);
-  auto gmu = -at::bmm(grad_bias.view({f.groups, 1, f.out_per_group}), Wsum).squeeze(1);
+  if (output_mask[0])
+    gW = from_block_columns(at::bmm(D.mT(), tot), f, weight.sizes()).contiguous();
+  if (output_mask[1]) gD = at::bmm(tot, to_block_columns(weight, f).mT());
+  if (output_mask[2]) {
+    auto Wsum = folded.reshape({f.groups, f.out_per_group, f.d, f.G}).sum(-1);
+    gmu = -at::bmm(grad_bias.view({f.groups, 1, f.out_per_group}), Wsum).squeeze(1);
+  }
   return {gW, gD, gmu, grad_bias.clone()};
 }
 

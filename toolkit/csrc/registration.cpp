@@ -3,6 +3,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "invariance.h"
 #include "small_math_threads.h"
 
@@ -29,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> fold_weights(const at::Tensor&, const at::Ten
                                                 bool);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fold_weights_backward(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, int64_t, bool);
+    const at::Tensor&, const at::Tensor&, int64_t, bool, std::array<bool, 3>);
 }  // namespace invariance
 
 #define PATCH_ARGS "int[2] kernel, int[2] padding, int[2] dilation, int[2] stride, int groups, int block"
@@ -62,8 +64,8 @@ TORCH_LIBRARY(invariance, m) {
   m.def("ns_scalar_map(Tensor eigvals, Tensor norm, int n_iter) -> (Tensor, Tensor)");
   m.def("ns_divided_differences(Tensor eigvals, Tensor norm, int n_iter) -> Tensor");
   m.def("fold_weights_backward(Tensor grad_weight, Tensor grad_bias, Tensor weight, "
-        "Tensor whitening, Tensor mean, Tensor folded, int groups, bool interleaved) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor whitening, Tensor mean, Tensor folded, int groups, bool interleaved, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("local_stats_forward(Tensor x, int window, float rf_eps) -> (Tensor, Tensor, Tensor)");
   m.def("local_stats_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, "
         "Tensor var, int window) -> Tensor");

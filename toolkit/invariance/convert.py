@@ -1,26 +1,26 @@
-"""Turns an ordinary network into one with invariance layers (spec section 1).
+"""Turns an ordinary network into one with invariance layers (docs/invariance-layer.md).
 
 Every Conv2d becomes an InvConv2d and every Linear an InvLinear (weights copied, bias
 added where there was none), BatchNorm layers become Identity.  The first conv of the
-network gets n_iter=15, all others the given n_iter.
+network gets first_n_iter (15), all others the given n_iter.
 """
 import torch
 from torch import nn
 
 from .modules import InvConv2d, InvLinear
+from .options import CONV_ONLY, FIRST_CONV_N_ITER
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def convert_model(model, *, first_n_iter=15, **layer_options):
+def convert_model(model, *, first_n_iter=FIRST_CONV_N_ITER, **layer_options):
     """Returns `model` with its Conv2d/Linear/BatchNorm replaced in place (see module doc).
 
     layer_options go to every InvConv2d/InvLinear (block, n_iter, eps, momentum, norm, ...);
-    `block` and `sampling_stride` only to the convolutions.
+    `block`, `sampling_stride` and `stats_budget` only to the convolutions.
     """
     state = {"first": True}
-    linear_options = {k: v for k, v in layer_options.items()
-                      if k not in ("block", "sampling_stride")}
+    linear_options = {k: v for k, v in layer_options.items() if k not in CONV_ONLY}
     _convert(model, state, first_n_iter, layer_options, linear_options)
     return model
 

@@ -1,8 +1,9 @@
 """InvConv2d and InvLinear: Conv2d / Linear with the invariance transform folded in.
 
 forward = scale-invariance transform of the input (norm) -> whitening statistics of the
-sampled im2col patches (training) or the running averages (eval) -> whitening folded into
-the weights -> one ordinary convolution / linear map.  See docs/invariance-layer.md.
+sampled im2col patches (training refresh steps) or the running averages (eval, and the stale
+training steps of stats_every > 1 or freeze) -> whitening folded into the weights -> one
+ordinary convolution / linear map.  See docs/invariance-layer.md.
 """
 import contextlib
 import math
@@ -16,9 +17,7 @@ from .ops import _C
 from .sync import average_moments, new_name
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-RF_EPS = 1.0          # added to the local std (norm="local")
-FREEZE_PERIOD = 1000  # freeze=True: batch statistics on iterations counter % 1000 <= 100
-FREEZE_ACTIVE = 100
+RF_EPS = 1.0  # added to the local std (norm="local")
 
 
 @contextlib.contextmanager
@@ -39,12 +38,17 @@ def _small_math_threads(device):
 
 
 class _Whitening(nn.Module):
-    """Statistics, running buffers, freezing and the eval-mode cache shared by both layers."""
+    """Statistics, running buffers, the refresh schedule and the eval-mode cache shared by
+    both layers.  num_batches_tracked counts training steps; it is the schedule's phase, so a
+    state_dict round trip or a resume continues the schedule exactly."""
 
-    def _setup(self, groups, d, eps, n_iter, momentum, norm, freeze, sync, method):
-        options.common(eps, n_iter, momentum, norm, freeze, sync, method)
+    def _setup(self, groups, d, eps, n_iter, momentum, norm, freeze, sync, method,
+               stats_every):
+        options.common(eps, n_iter, momentum, norm, freeze, sync, method, stats_every)
         self.eps, self.n_iter, self.momentum = float(eps), int(n_iter), float(momentum)
         self.norm, self.freeze, self.sync, self.method = norm, freeze, sync, method
+        self.stats_every = int(stats_every)
+        self.warm_start = options.warm_start_steps(self.stats_every, self.momentum)
         self.register_buffer("running_mean", torch.zeros(groups, d))
         self.register_buffer("running_whitening", torch.eye(d).repeat(groups, 1, 1))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
@@ -54,9 +58,10 @@ class _Whitening(nn.Module):
     def _use_batch_statistics(self):
         if not self.training:
             return False
-        if not self.freeze:
+        if self.stats_every == 1 and not self.freeze:
             return True
-        return int(self.num_batches_tracked) % FREEZE_PERIOD <= FREEZE_ACTIVE
+        return options.refreshes_statistics(int(self.num_batches_tracked), self.stats_every,
+                                            self.warm_start, self.freeze)
 
     def _whitening(self, mean, second):
         """Sigma = S - mu mu^T + eps I  ->  D = Newton-Schulz inverse square root."""
@@ -91,7 +96,7 @@ class _Whitening(nn.Module):
             return self._fold(whitening, mean)
         needs_graph = torch.is_grad_enabled() and any(
             p.requires_grad for p in (self.weight, self.bias) if p is not None)
-        if self.training or needs_graph:  # frozen iteration, or gradients for the weights
+        if self.training or needs_graph:  # stale step, or gradients for the weights
             return self._fold(self.running_whitening, self.running_mean)
         tracked = [self.weight, self.running_mean, self.running_whitening]
         if self.bias is not None:
@@ -136,8 +141,10 @@ class InvConv2d(_Whitening):
     """Drop-in replacement for Conv2d (+ BatchNorm) with the invariance transform."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, *, block=64, sampling_stride=3, eps=1e-5, n_iter=5,
-                 momentum=0.1, norm="sample", freeze=False, sync=False, method="auto"):
+                 groups=1, bias=True, *, block=64, sampling_stride=3,
+                 stats_budget=options.DEFAULT_STATS_BUDGET,
+                 eps=1e-5, n_iter=5, momentum=0.1, norm="sample", freeze=False, sync=False,
+                 method="auto", stats_every=1):
         super().__init__()
         self.in_channels = options.positive_int("in_channels", in_channels)
         self.out_channels = options.positive_int("out_channels", out_channels)
@@ -151,15 +158,21 @@ class InvConv2d(_Whitening):
                              f"out_channels={out_channels}")
         options.flag("bias", bias)
         options.positive_int("block", block)
-        self.sampling_stride = options.positive_int("sampling_stride", sampling_stride)
+        stride_choice = options.sampling_stride(sampling_stride, stats_budget)
+        self.stats_budget = float(stats_budget)
         per_group = in_channels // groups
         # grouped conv: one covariance per group, block = the group's channels
         self.block = options.block_size(block, per_group) if groups == 1 else per_group
         self.d = self.block * self.kernel_size[0] * self.kernel_size[1]
+        # "auto": the smallest stride whose statistics fit the budget (cost model in the docs)
+        self.sampling_stride = stride_choice if stride_choice != "auto" else \
+            options.budget_sampling_stride(self.kernel_size, self.block,
+                                           out_channels // groups, self.stats_budget)
         self._fold_groups, self._interleaved = groups, True
         self.weight = nn.Parameter(torch.empty(out_channels, per_group, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self._setup(groups, self.d, eps, n_iter, momentum, norm, freeze, sync, method)
+        self._setup(groups, self.d, eps, n_iter, momentum, norm, freeze, sync, method,
+                    stats_every)
         self.window = options.local_window(self.kernel_size, self.dilation)
         self.reset_parameters()
 
@@ -174,7 +187,8 @@ class InvConv2d(_Whitening):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, block={self.block}, "
                 f"sampling_stride={self.sampling_stride}, n_iter={self.n_iter}, "
-                f"norm={self.norm}, freeze={self.freeze}, sync={self.sync}")
+                f"stats_every={self.stats_every}, norm={self.norm}, freeze={self.freeze}, "
+                f"sync={self.sync}")
 
     def _moments(self, xhat):
         sample = (self.sampling_stride * self.stride[0], self.sampling_stride * self.stride[1])
@@ -218,7 +232,8 @@ class InvLinear(_Whitening):
     """Drop-in replacement for Linear on (N, F) or (N, T, F) with the invariance transform."""
 
     def __init__(self, in_features, out_features, bias=True, *, block=None, eps=1e-5, n_iter=5,
-                 momentum=0.1, norm="sample", freeze=False, sync=False, method="auto"):
+                 momentum=0.1, norm="sample", freeze=False, sync=False, method="auto",
+                 stats_every=1):
         super().__init__()
         self.in_features = options.positive_int("in_features", in_features)
         self.out_features = options.positive_int("out_features", out_features)
@@ -234,15 +249,16 @@ class InvLinear(_Whitening):
         self._fold_groups, self._interleaved = 1, False
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self._setup(1, self.block, eps, n_iter, momentum, norm, freeze, sync, method)
+        self._setup(1, self.block, eps, n_iter, momentum, norm, freeze, sync, method,
+                    stats_every)
         self.reset_parameters()
 
     reset_parameters = InvConv2d.reset_parameters
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, block={self.block}, "
-                f"n_iter={self.n_iter}, norm={self.norm}, freeze={self.freeze}, "
-                f"sync={self.sync}")
+                f"n_iter={self.n_iter}, stats_every={self.stats_every}, norm={self.norm}, "
+                f"freeze={self.freeze}, sync={self.sync}")
 
     def _moments(self, xhat):
         return ops.chunk_moments(xhat, self.block)

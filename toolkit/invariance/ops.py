@@ -115,9 +115,11 @@ def _register_fakes():
         return torch.empty_like(weight), torch.empty_like(bias)
 
     @torch.library.register_fake(lib + "fold_weights_backward")
-    def _(grad_weight, grad_bias, weight, whitening, mean, folded, groups, interleaved):
-        return (torch.empty_like(weight), torch.empty_like(whitening), torch.empty_like(mean),
-                torch.empty_like(grad_bias))
+    def _(grad_weight, grad_bias, weight, whitening, mean, folded, groups, interleaved,
+          output_mask):
+        wanted = [torch.empty_like(t) if need else None
+                  for t, need in zip((weight, whitening, mean), output_mask)]
+        return (*wanted, torch.empty_like(grad_bias))
 
     @torch.library.register_fake(lib + "local_stats")
     def _(x, window, rf_eps):
@@ -156,7 +158,7 @@ def inv_sqrt(sigma, n_iter, method):
 
 
 def fold_weights(weight, whitening, mean, bias, groups, interleaved):
-    """(W~, b~): the whitening folded into the weights (see the spec, section 4)."""
+    """(W~, b~): the whitening folded into the weights (docs/invariance-layer.md)."""
     return ops.fold_weights(weight, whitening, mean, bias, groups, interleaved)
 
 

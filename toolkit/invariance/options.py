@@ -1,4 +1,5 @@
-"""Argument checking and the derived sizes of the invariance layer (block, window, method).
+"""Argument checking and the derived quantities of the invariance layer: block size, window,
+method, the statistics-refresh schedule (stats_every, freeze) and the budgeted sampling stride.
 
 Every bad argument is a ValueError that names the argument, raised when the layer is built.
 """
@@ -7,6 +8,23 @@ import numbers
 
 NORMS = ("sample", "local", "none")
 METHODS = ("auto", "newton", "spectral")
+
+# The network's first conv whitens raw pixels, whose patch covariance is badly conditioned:
+# it gets three times the Newton-Schulz iterations of every other layer.
+FIRST_CONV_N_ITER = 15
+
+# freeze=True: the authors' counter is incremented before the test, so 1-based step n uses
+# batch statistics when n % 1000 <= 100 (steps 1-100, 1000-1100, 2000-2100, ...).
+FREEZE_PERIOD = 1000
+FREEZE_ACTIVE = 100
+
+# stats_every > 1: every step refreshes until the identity initialisation of the running
+# buffers weighs at most this much in their EMA, (1 - momentum)^steps <= WARM_START_RESIDUAL.
+WARM_START_RESIDUAL = 0.05
+
+# sampling_stride="auto" without an explicit stats_budget: statistics at most a quarter of
+# the conv's forward flops.
+DEFAULT_STATS_BUDGET = 0.25
 
 
 def _is_int(value):
@@ -35,7 +53,7 @@ def flag(name, value):
     return value
 
 
-def common(eps, n_iter, momentum, norm, freeze, sync, method, norms=NORMS):
+def common(eps, n_iter, momentum, norm, freeze, sync, method, stats_every=1, norms=NORMS):
     """Checks the arguments shared by InvConv2d and InvLinear."""
     if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"eps must be a number > 0, got {eps!r}")
@@ -49,6 +67,54 @@ def common(eps, n_iter, momentum, norm, freeze, sync, method, norms=NORMS):
     flag("sync", sync)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    positive_int("stats_every", stats_every)
+    if stats_every > 1 and freeze:
+        raise ValueError("stats_every > 1 and freeze=True are two refresh schedules; "
+                         "choose one (freeze needs stats_every=1)")
+    if stats_every > 1 and momentum == 0:
+        raise ValueError("stats_every > 1 needs momentum > 0: stale steps fold the running "
+                         "buffers, which momentum=0 never moves from their initialisation")
+
+
+def warm_start_steps(stats_every, momentum):
+    """Leading training steps that all refresh the statistics when stats_every > 1: enough
+    for the identity initialisation to weigh <= WARM_START_RESIDUAL in the running buffers
+    (29 steps for momentum 0.1), so that no stale step folds an almost-identity whitening."""
+    if stats_every == 1 or momentum >= 1.0:
+        return 0 if stats_every == 1 else 1
+    return math.ceil(math.log(WARM_START_RESIDUAL) / math.log1p(-momentum))
+
+
+def refreshes_statistics(step, stats_every, warm_start, freeze):
+    """Whether training step `step` (0-based: the number of training steps before it)
+    computes batch statistics; otherwise it folds the running buffers."""
+    if freeze:
+        return (step + 1) % FREEZE_PERIOD <= FREEZE_ACTIVE
+    return step < warm_start or step % stats_every == 0
+
+
+def sampling_stride(value, stats_budget):
+    """The sampling_stride argument: an integer >= 1, or "auto" to pick it per layer from
+    stats_budget (a number > 0, only read with "auto") with budget_sampling_stride."""
+    if not isinstance(stats_budget, numbers.Real) or isinstance(stats_budget, bool) or \
+            not 0 < stats_budget < math.inf:
+        raise ValueError(f"stats_budget must be a number > 0, got {stats_budget!r}")
+    if value == "auto":
+        return value
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"sampling_stride must be an integer >= 1 or 'auto', got {value!r}")
+    return int(value)
+
+
+def budget_sampling_stride(kernel, block, out_per_group, stats_budget):
+    """Smallest sampling stride s whose statistics cost at most `stats_budget` of the conv's
+    forward flops under the cost model k^2 B / (s^2 C_out) (docs/invariance-layer.md, "Cost";
+    C_out per group).  For 1x1 convs s^2 is the row subsampling of the flattened input."""
+    area = kernel[0] * kernel[1]
+    s = 1
+    while area * block > stats_budget * out_per_group * s * s:
+        s += 1
+    return s
 
 
 def block_size(block, channels):
@@ -67,3 +133,47 @@ def resolve_method(method, device):
     if method != "auto":
         return method
     return "spectral" if device.type == "cpu" else "newton"
+
+
+# ---- the options a whole network takes (models.build_model, the run configuration) ------
+
+LAYER_DEFAULTS = {"block": 64, "sampling_stride": 3, "stats_budget": DEFAULT_STATS_BUDGET,
+                  "n_iter": 5, "first_n_iter": FIRST_CONV_N_ITER, "stats_every": 1,
+                  "sync": False, "method": "auto", "freeze": False}
+# Linear layers keep their own block (the full width up to 512) and are never sampled.
+CONV_ONLY = ("block", "sampling_stride", "stats_budget")
+
+
+def check_layer_options(layer_options):
+    """The network-wide layer options, checked, with every missing (or None) option set to
+    its default; raises a one-line ValueError naming the bad option.  sampling_stride may be
+    given as a string ("3", "auto"), as on a command line."""
+    given = {} if layer_options is None else layer_options
+    if not isinstance(given, dict):
+        raise ValueError(f"layer_options must be a dict, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(LAYER_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown layer option {unknown[0]!r}; choose from "
+                         f"{', '.join(LAYER_DEFAULTS)}")
+    opts = {k: LAYER_DEFAULTS[k] if given.get(k) is None else given[k] for k in LAYER_DEFAULTS}
+    stride = opts["sampling_stride"]
+    if isinstance(stride, str) and stride.strip().isdigit():
+        opts["sampling_stride"] = int(stride)
+    positive_int("block", opts["block"])
+    opts["sampling_stride"] = sampling_stride(opts["sampling_stride"], opts["stats_budget"])
+    opts["stats_budget"] = float(opts["stats_budget"])
+    positive_int("first_n_iter", opts["first_n_iter"])
+    common(1e-5, opts["n_iter"], 0.1, "sample", opts["freeze"], opts["sync"], opts["method"],
+           opts["stats_every"])
+    return opts
+
+
+def layer_kwargs(opts, kind, first=False):
+    """Keyword arguments of one InvConv2d (kind "conv") or InvLinear ("linear") from checked
+    network options; the network's first conv gets first_n_iter iterations."""
+    kwargs = {k: v for k, v in opts.items() if k != "first_n_iter"}
+    if kind == "linear":
+        kwargs = {k: v for k, v in kwargs.items() if k not in CONV_ONLY}
+    if first:
+        kwargs["n_iter"] = opts["first_n_iter"]
+    return kwargs
