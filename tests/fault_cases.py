@@ -45,15 +45,19 @@ CASES = [
     Case("term-horovodrun", "SIGTERM to horovodrun", "horovodrun -np 2", "killed by the signal",
          "ranks stop at one step (`stopped by the exit of horovodrun ...`), one checkpoint of "
          "that step, every process gone"),
-    Case("int-horovodrun", "SIGINT to horovodrun", "horovodrun -np 2", "killed by the signal",
-         "as for SIGTERM"),
+    Case("int-horovodrun", "Ctrl-C: SIGINT to horovodrun's process group (its shell alone "
+         "ignores SIGINT)", "horovodrun -np 2", "killed by the signal",
+         "mpirun starts ending the job; the ranks take its SIGCONT as the stop request; as "
+         "for SIGTERM"),
     Case("timeout-horovodrun", "`timeout 25 horovodrun ...`", "horovodrun -np 2", "124",
          "as for SIGTERM"),
-    Case("term-mpirun", "SIGTERM to mpirun", "mpirun -np 2", "0",
-         "`stopped by SIGTERM at step N`: mpirun passes SIGTERM on after "
-         "odls_base_sigkill_timeout (10 s in the toolkit's Open MPI policy); one checkpoint "
-         "of step N; every process gone"),
-    Case("int-mpirun", "SIGINT to mpirun", "mpirun -np 2", "0", "as for SIGTERM"),
+    Case("term-mpirun", "SIGTERM to mpirun", "mpirun -np 2", "1 (mpirun's own, every rank "
+         "exits 0)",
+         "`stopped by the launcher ending the job (SIGCONT) at step N`: mpirun sends SIGCONT "
+         "at once, SIGTERM after odls_base_sigkill_timeout (10 s in the toolkit's Open MPI "
+         "policy); one checkpoint of step N; every process gone"),
+    Case("int-mpirun", "SIGINT to mpirun", "mpirun -np 2", "1 (as for SIGTERM)",
+         "as for SIGTERM"),
     Case("timeout-mpirun", "`timeout 25 mpirun ...`", "mpirun -np 2", "124", "as for SIGTERM"),
     Case("usr1-mpirun", "SIGUSR1 to mpirun (forwarded at once)", "mpirun -np 2", "0",
          "`stopped by SIGUSR1 at step N`, one checkpoint of step N"),

@@ -5,18 +5,27 @@ own process: a SIGTERM to horovodrun (or `timeout ... horovodrun`) ends that she
 mpirun and the ranks would keep training. And when mpirun, orted or slurmstepd is killed
 outright, its ranks are re-parented and nobody will ever stop them.
 
-So every rank started by a launcher runs a small thread that checks once a second:
+So every rank started by a launcher runs a small thread that checks twice a second:
 - that its parent is still the process that started it (mpirun, orted, slurmstepd, the
   horovodrun shell for Gloo), and
 - under horovodrun over MPI, that horovodrun's shell is still alive and still mpirun's
   parent.
 When either fails, the thread raises the same stop request a SIGTERM would: the ranks agree
-on a step, write one checkpoint and exit. If that cannot finish within a grace period (the
+on a step, write one checkpoint and exit.
+
+A launcher that ends a job sends its ranks SIGCONT first (mpirun and orted on SIGTERM or
+SIGINT, srun's and slurmstepd's kill sequences), then SIGTERM after a delay (mpirun:
+odls_base_sigkill_timeout), then SIGKILL. A SIGCONT that reaches a rank which was not
+stopped is therefore taken as the first stop request: the ranks use the whole delay for
+their checkpoint instead of waiting for the SIGTERM. A rank that really was stopped
+(SIGSTOP, a suspended SLURM job) sees the thread's clock jump and ignores the SIGCONT
+that resumes it. If that cannot finish within a grace period (the
 other ranks are gone too), the rank leaves on its own with one line, so nothing is left
 behind. A single process without a launcher is never watched: a shell that exits under a
 `nohup python -m launch.train &` is not a reason to stop.
 """
 import os
+import signal
 import threading
 import time
 
@@ -84,7 +93,7 @@ def grace_s(env=os.environ):
 class LauncherWatch:
     """Watches this rank's launcher from a daemon thread; see the module docstring."""
 
-    def __init__(self, flag, rank, interval_s=1.0, grace=None):
+    def __init__(self, flag, rank, interval_s=0.5, grace=None):
         self.flag = flag
         self.rank = rank
         self.interval_s = interval_s
@@ -94,11 +103,23 @@ class LauncherWatch:
         self.launcher_name = fields[0] if fields else "the launcher"
         self.shell_pid = horovodrun_shell(self.launcher_pid)
         self.gone = None
+        self.last_tick = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="launcher-watch", daemon=True)
 
     def start(self):
+        """Start the thread and take SIGCONT (call from the main thread)."""
+        signal.signal(signal.SIGCONT, self._on_continue)
         self._thread.start()
         return self
+
+    def _on_continue(self, signum, frame):
+        if time.monotonic() - self.last_tick < 3 * self.interval_s:
+            self.flag.request("the launcher ending the job (SIGCONT)")
+
+    def parent_gone(self):
+        """True when the process that started this rank has exited (not only horovodrun's
+        shell): nobody is left to finalise the job with."""
+        return os.getppid() != self.launcher_pid
 
     def check(self):
         """A sentence naming what is gone, or None while the launcher is alive."""
@@ -113,8 +134,9 @@ class LauncherWatch:
     def _run(self):
         while self.gone is None:
             time.sleep(self.interval_s)
+            self.last_tick = time.monotonic()
             self.gone = self.check()
-        if os.getppid() != self.launcher_pid:
+        if self.parent_gone():
             # Our output went to the launcher, which is gone: writing would fail with a
             # broken pipe in the middle of the stop. summary.json still records it.
             _silence_output()

@@ -24,6 +24,7 @@ class PreemptionFlag:
 
     def __init__(self, signals=STOP_SIGNALS):
         self.signal_name = None
+        self.by_program = False  # request() rather than a signal
         for sig in signals:
             signal.signal(sig, self._handle)
 
@@ -39,6 +40,7 @@ class PreemptionFlag:
         """A stop asked for by the program itself (e.g. the launcher is gone)."""
         if self.signal_name is None:
             self.signal_name = reason
+            self.by_program = True
 
     @property
     def requested(self):
@@ -57,11 +59,15 @@ def install():
 
 
 class StopVote:
+    """Each step every rank submits [signalled, asked by the program] (e.g. its launcher
+    is gone) and reads the previous step's sums."""
+
     NAME = "train.stopvote"
 
     def __init__(self):
         self.handle = None
         self.stop = False
+        self.remote_reason = None  # why, as far as a rank that saw nothing can tell
 
     def decide(self, flag):
         """Submit this step's flag; True once any rank raised it in an earlier step."""
@@ -69,8 +75,9 @@ class StopVote:
         import torch
         self.drain()
         if not self.stop:
-            self.handle = hvd.allreduce_async(torch.tensor([1.0 if flag else 0.0]),
-                                              op=hvd.Sum, name=self.NAME)
+            by_program = bool(flag and _flag is not None and _flag.by_program)
+            vote = [1.0 if flag and not by_program else 0.0, 1.0 if by_program else 0.0]
+            self.handle = hvd.allreduce_async(torch.tensor(vote), op=hvd.Sum, name=self.NAME)
         return self.stop
 
     def drain(self):
@@ -81,9 +88,11 @@ class StopVote:
         if self.handle is not None:
             handle, self.handle = self.handle, None
             try:
-                total = hvd.synchronize(handle)
+                signalled, by_program = hvd.synchronize(handle).tolist()
             except Exception as exc:  # HorovodInternalError: a peer is gone
                 raise CommunicationError(f"collective {self.NAME!r} failed: "
                                          f"{str(exc).strip().splitlines()[0]}") from exc
-            self.stop = self.stop or bool(total.item() > 0)
-
+            if not self.stop and (signalled or by_program):
+                self.stop = True
+                self.remote_reason = ("a signal on another rank" if signalled else
+                                      "the exit of another rank's launcher")

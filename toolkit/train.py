@@ -248,7 +248,7 @@ class Trainer:
                 comm_mark = self.strategy.comm_wait_s
                 interval.reset()
             if self.vote.decide(self.preempt.requested):
-                self.stopped_by = self.preempt.signal_name or "a signal on another rank"
+                self.stopped_by = self.preempt.signal_name or self.vote.remote_reason
                 break
             if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
                 self.checkpoint()
