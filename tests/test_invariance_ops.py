@@ -194,3 +194,30 @@ def test_fold_backward_computes_only_the_masked_gradients(interleaved):
     assert torch.equal(weight_only[0], full[0]) and torch.equal(weight_only[3], full[3])
     assert weight_only[1] is None and weight_only[2] is None
     torch.library.opcheck(OPS.fold_weights_backward, (*args, [True, False, False]))
+
+
+def _divided_difference(li, lj, c, n_iter):
+    """psi[lam_i, lam_j] of the scalar Newton-Schulz map, one pair at a time in Python
+    floats (IEEE doubles, the same operations in the same order as the kernel)."""
+    yi, yj, zi, zj, dy, dz = li / c, lj / c, 1.0, 1.0, 1.0 / c, 0.0
+    for _ in range(n_iter):
+        ti, tj = 0.5 * (3.0 - zi * yi), 0.5 * (3.0 - zj * yj)
+        dt = -0.5 * (dz * yj + zi * dy)
+        dy, dz = dy * tj + yi * dt, dt * zj + ti * dz
+        yi, yj, zi, zj = yi * ti, yj * tj, zi * ti, zj * tj
+    return dz / c ** 0.5
+
+
+@pytest.mark.parametrize("b,d,n_iter", [(2, 7, 5), (1, 1, 3), (3, 10, 15)])
+def test_divided_differences_equal_the_pairwise_formula_bit_for_bit(b, d, n_iter):
+    g = torch.Generator().manual_seed(9)
+    lam = torch.rand(b, d, generator=g, dtype=torch.float64) * 2
+    lam[0, -1] = lam[0, 0]
+    norm = lam.norm(dim=1) * 1.1
+    got = OPS.ns_divided_differences(lam, norm, n_iter)
+    for i in range(b):
+        for p in range(d):
+            for q in range(d):
+                lo, hi = min(p, q), max(p, q)
+                assert got[i, p, q].item() == _divided_difference(
+                    lam[i, lo].item(), lam[i, hi].item(), norm[i].item(), n_iter)

@@ -34,16 +34,27 @@ TK_HD inline ScalarMap ns_scalar(double lam, double c, int64_t n_iter) {
   return {z * rs, -(lam / c) * dz * rs - 0.5 * z * rs / c};
 }
 
+// t of step k from the iterates (y, z) entering it.
+TK_HD inline double ns_step_t(double y, double z) { return 0.5 * (3.0 - z * y); }
+
+// One step of the divided differences [lam_i, lam_j] of y and z (Dy, Dz), from the iterates
+// (y, z, t) of both eigenvalues at that step.  The CPU kernel precomputes the per-eigenvalue
+// iterates once and runs this step over whole rows; the values are the same bit for bit.
+TK_HD inline void ns_divided_step(double yi, double zi, double ti, double yj, double zj,
+                                  double tj, double& Dy, double& Dz) {
+  const double Dt = -0.5 * (Dz * yj + zi * Dy);
+  const double nDy = Dy * tj + yi * Dt;
+  const double nDz = Dt * zj + ti * Dz;
+  Dy = nDy, Dz = nDz;
+}
+
 TK_HD inline double ns_divided_difference(double li, double lj, double c, int64_t n_iter) {
   double yi = li / c, yj = lj / c, zi = 1.0, zj = 1.0;
   double Dy = 1.0 / c, Dz = 0.0;  // divided differences [lam_i, lam_j] of y and z
   for (int64_t k = 0; k < n_iter; ++k) {
-    const double ti = 0.5 * (3.0 - zi * yi), tj = 0.5 * (3.0 - zj * yj);
-    const double Dt = -0.5 * (Dz * yj + zi * Dy);
-    const double nDy = Dy * tj + yi * Dt;
-    const double nDz = Dt * zj + ti * Dz;
+    const double ti = ns_step_t(yi, zi), tj = ns_step_t(yj, zj);
+    ns_divided_step(yi, zi, ti, yj, zj, tj, Dy, Dz);
     yi *= ti, yj *= tj, zi *= ti, zj *= tj;
-    Dy = nDy, Dz = nDz;
   }
   return Dz / sqrt(c);
 }
