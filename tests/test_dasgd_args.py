@@ -20,7 +20,10 @@ def test_unknown_strategy_names_the_choices():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"period": 0}, "period must be an integer >= 1, got 0"),
-    ({"delay": -1}, "delay must be an integer >= 0, got -1"),
+    ({"delay": -1}, "delay must be an integer >= 0 or auto, got -1"),
+    ({"delay": "soon"}, "delay must be an integer >= 0 or auto, got 'soon'"),
+    ({"avg_dtype": "int8"}, "avg_dtype must be one of fp32, bf16, fp16, got 'int8'"),
+    ({"fragments": 0}, "fragments must be an integer >= 1, got 0"),
     ({"warmup_steps": 1.5}, "warmup_steps must be an integer >= 0, got 1.5"),
     ({"period": True}, "period must be an integer >= 1, got True")])
 def test_bad_period_delay_warmup(kwargs, message):

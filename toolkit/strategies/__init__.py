@@ -18,19 +18,22 @@ STRATEGIES = {"none": NoCommunication, "sync": SyncSGD, "local": LocalSGD, "dasg
 STRATEGY_NAMES = tuple(STRATEGIES)
 # The options each strategy takes (make_strategy accepts all and passes on these).
 _OPTIONS = {"none": (), "sync": (), "local": ("period", "warmup_steps"),
-            "dasgd": ("period", "delay", "warmup_steps")}
+            "dasgd": ("period", "delay", "warmup_steps", "avg_dtype", "fragments")}
 
 
-def make_strategy(name, model, optimizer, *, period=1, delay=1, warmup_steps=0):
+def make_strategy(name, model, optimizer, *, period=1, delay=1, warmup_steps=0,
+                  avg_dtype="fp32", fragments=1):
     """Wrap `optimizer` (already built on `model`'s parameters) in the named strategy.
 
     Horovod must be initialised (toolkit.dist.init() or init_horovod()). The model is
-    broadcast from rank 0. `period`, `delay` apply to dasgd (period also to local),
+    broadcast from rank 0. `period`, `delay` (an integer or "auto"), `avg_dtype`
+    ("fp32", "bf16", "fp16") and `fragments` apply to dasgd (period also to local),
     `warmup_steps` to both.
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    given = {"period": period, "delay": delay, "warmup_steps": warmup_steps}
+    given = {"period": period, "delay": delay, "warmup_steps": warmup_steps,
+             "avg_dtype": avg_dtype, "fragments": fragments}
     return STRATEGIES[name](model, optimizer, **{k: given[k] for k in _OPTIONS[name]})
 
 

@@ -5,6 +5,7 @@ import time
 import torch
 
 from .flat import FlatBuffer
+from .optimizer_state import align_optimizer_state
 from toolkit.dist.startup import comm_timeout_s
 
 from .watchdog import wait_handle
@@ -86,6 +87,8 @@ class Strategy:
         """Identical full training state on every rank: parameters, floating buffers and
         floating optimizer state are averaged (after flushing in-flight averages)."""
         self.flush()
+        # A parameter that got no gradient on some rank has no optimizer state there.
+        align_optimizer_state(self, name=f"{self.name}.sync_model.layout")
         self.blocking_average(self.model_tensors + float_optimizer_state(self.optimizer),
                               name=f"{self.name}.sync_model")
 
