@@ -28,6 +28,14 @@ BAD_INPUT, DIVERGED, COMMUNICATION, UNFORESEEN = 2, 3, 4, 1
 ECHO_GRACE_S = 5.0
 
 
+def echo_grace_s(env=os.environ):
+    """How long a rank waits before reporting what may be an echo: longer than mpirun's
+    delay between its SIGCONT and its SIGTERM (odls_base_sigkill_timeout), so that a rank
+    that missed the SIGCONT (it was frozen) still hears the SIGTERM."""
+    raw = env.get("OMPI_MCA_odls_base_sigkill_timeout", "")
+    return max(ECHO_GRACE_S, float(raw) + 2.0) if raw.isdigit() else ECHO_GRACE_S
+
+
 def _is_horovod_error(exc):
     return type(exc).__module__.startswith("horovod") or \
         type(exc).__name__ in ("HorovodInternalError", "HostsUpdatedInterrupt")
@@ -73,16 +81,19 @@ def _print_line(line):
     os.write(2, (line + "\n").encode())
 
 
-def report_and_exit(exc, rank, *, during_setup, debug=False, grace_s=ECHO_GRACE_S):
+def report_and_exit(exc, rank, *, during_setup, debug=False, grace_s=None):
     """Print the one line (or nothing, see the module docstring) and leave with the code."""
+    from toolkit import preemption
     code, own_cause = classify(exc)
     where = f"rank {rank}: " if rank else ""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     maybe_echo = not own_cause or (during_setup and rank != 0 and code == BAD_INPUT)
     if maybe_echo:
+        if preemption.ended_by_launcher():
+            os._exit(code)  # the launcher is already ending the job: another rank spoke
         _quiet_exit_on_teardown(code)
-        time.sleep(grace_s)
+        time.sleep(echo_grace_s() if grace_s is None else grace_s)
     _print_line(f"error: {where}{message(exc, code)}")
     os._exit(code)
 

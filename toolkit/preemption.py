@@ -58,6 +58,12 @@ def install():
     return _flag
 
 
+def ended_by_launcher():
+    """True when the stop was asked for by the launcher watch (the launcher is gone or is
+    ending the job), not by a signal to this rank."""
+    return _flag is not None and _flag.by_program
+
+
 class StopVote:
     """Each step every rank submits [signalled, asked by the program] (e.g. its launcher
     is gone) and reads the previous step's sums."""
