@@ -19,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 
-from toolkit.bench.nodes import compare, fit_all, to_markdown, within
+from toolkit.bench.nodes import (compare, fit_all, fit_with_call_overhead, to_markdown,
+                                 within)
 from toolkit.emulation.launch import (mpirun_nodes_argv, node_env, run_on_node,
                                       write_hostfile)
-from toolkit.emulation.network import NodeNetwork, check_rate
+from toolkit.emulation.network import NodeNetwork, check_rate, rate_bytes_per_s
 from toolkit.emulation.packages import ensure_programs
 from toolkit.emulation.ssh import NodeSsh
 from toolkit.launcher import python_module
@@ -96,10 +97,11 @@ def measure(nodes, args, p, sizes, out_dir):
     return allreduce, steps
 
 
-def project(bench_json, workers, prefix):
-    """launch.scaling project on the 2-node measurement; its JSON (model and rows)."""
+def project(bench_json, workers, delay, prefix):
+    """launch.scaling project on the 2-node measurement at the measured dasgd delay (not
+    the delay it would choose per worker count); its JSON (model and rows)."""
     cmd = python_module("launch.scaling", "project", "--bench", bench_json, "--workers",
-                        ",".join(map(str, workers)), "--out", prefix)
+                        ",".join(map(str, workers)), "--delay", delay, "--out", prefix)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         fail(f"launch.scaling project failed: {proc.stderr.strip()}")
@@ -141,13 +143,14 @@ def main(argv=None):
         json.dump({"model": args.model, "ranks": 2, "batch_per_rank": args.batch_size,
                    "period": args.period, "delay": args.delay, "step_s": two["step_s"],
                    "model_bytes": model_bytes, "allreduce": two["allreduce"]}, f)
-    projection = project(bench2, workers, os.path.join(out_dir, "projection"))
-    checks = compare(projection["rows"], measured, lambda p: measured[p]["step_s"]["none"])
+    projection = project(bench2, workers, args.delay, os.path.join(out_dir, "projection"))
+    checks = compare(projection["rows"], projection["model"]["compute_s"], measured,
+                     lambda p: measured[p]["step_s"]["none"])
     points = [(pt["workers"], pt["bytes"], pt["seconds"])
               for m in measured.values() for pt in m["allreduce"]]
     report = {"command": "python -m launch.bench_nodes " + " ".join(
                   sys.argv[1:] if argv is None else argv),
-              "rate": args.rate, "link_bytes_per_s": _bytes_per_s(args.rate),
+              "rate": args.rate, "link_bytes_per_s": rate_bytes_per_s(args.rate),
               "nodes_max": max(workers), "cores": os.cpu_count(), "model": args.model,
               "model_bytes": model_bytes, "batch_per_rank": args.batch_size,
               "period": args.period, "delay": args.delay,
@@ -155,7 +158,9 @@ def main(argv=None):
               "measured": {str(p): m for p, m in measured.items()},
               "projection_model": projection["model"],
               "projection_assumptions": projection["assumptions"],
-              "fit_all": fit_all(points), "checks": checks, "target": args.target}
+              "fit_all": fit_all(points),
+              "fit_with_call_overhead": fit_with_call_overhead(points),
+              "checks": checks, "target": args.target}
     report["within_target"] = within(checks, args.target)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
@@ -176,14 +181,6 @@ def average_bytes(model_name):
     model = build_model(model_name, num_classes=10, in_channels=3, image_size=32, norm="bn")
     return 4 * (sum(p.numel() for p in model.parameters())
                 + sum(b.numel() for b in model.buffers() if b.is_floating_point()))
-
-
-def _bytes_per_s(rate):
-    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1}
-    for unit, scale in units.items():
-        if rate.lower().endswith(unit):
-            return float(rate[:-len(unit)]) * scale / 8
-    return None
 
 
 def parser():

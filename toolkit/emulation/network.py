@@ -32,6 +32,12 @@ ENTER_SCRIPT = ('hostname "$1" && mount --bind "$2" /etc/hosts && mount --bind "
 RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit)$")
 
 
+def rate_bytes_per_s(rate):
+    """'100mbit' -> 12.5e6 (tc's decimal units)."""
+    number, unit = re.match(r"^([\d.]+)(\w+)$", check_rate(rate).strip().lower()).groups()
+    return float(number) * {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[unit] / 8
+
+
 class NetworkError(RuntimeError):
     pass
 
@@ -177,12 +183,15 @@ class NodeNetwork:
 
     def limit(self, rate):
         """Token bucket of `rate` (tc syntax, e.g. 200mbit) on both ends of every node's
-        veth: what a node sends and what it receives each get the full rate."""
+        veth: what a node sends and what it receives each get the full rate. The bucket
+        holds 2 ms of traffic (at least 16 KB): a larger one lets small messages pass
+        at memory speed, which no real link does."""
+        burst = f"{max(16_000, int(rate_bytes_per_s(rate) * 0.002))}b"
         for name in self.names:
             for prefix, dev in ((["ip", "netns", "exec", self.netns(name)], NODE_IFACE),
                                 ([], self.host_iface(name))):
                 _run(prefix + ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
-                               rate, "burst", "256kb", "latency", "100ms"])
+                               rate, "burst", burst, "latency", "100ms"])
         self.rate = rate
         self._save()
 
