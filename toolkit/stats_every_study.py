@@ -168,17 +168,20 @@ def table(summary, verdict, epochs):
     if isinstance(epochs, dict):
         epochs = ", ".join(f"{m} {n}" for m, n in epochs.items())
     lines = [f"Epochs: {epochs}; accuracies in %; mean ± std over "
-             f"{max(s['runs'] for s in summary)} seeds; epoch reaching {TARGET:.0%} on the "
-             "validation part (runs that reached it).", "",
+             "the seeds run (column runs); epoch reaching "
+             f"{TARGET:.0%} on the validation part (runs that reached it).", "",
              "| model | lr | k | val acc | test acc | val − k=1 (points) | test − k=1 (points) "
-             "| epoch to 97 % | reached | diverged |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| epoch to 97 % | reached | runs | diverged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def points(v):
+        return "—" if v is None else f"{0.0 - v:+.2f}"
     for s in sorted(summary, key=lambda s: (s["model"], s["lr"], s["stats_every"])):
         lines.append(
             f"| {s['model']} | {s['lr']:g} | {s['stats_every']} | "
             f"{pm(s['val_mean'], s['val_std'])} | {pm(s['test_mean'], s['test_std'])} | "
-            f"{-s['val_loss_points']:+.2f} | {-s['test_loss_points']:+.2f} | "
+            f"{points(s['val_loss_points'])} | {points(s['test_loss_points'])} | "
             f"{pm(s['epoch_mean'], s['epoch_std'] or 0.0, 1, 1)} | {s['reached']}/{s['runs']} | "
-            f"{s['diverged']} |")
+            f"{s['runs']} | {s['diverged']} |")
     lines += ["", "Largest k within 0.5 points of k = 1 on the validation part (every smaller "
               "k too):", ""]
     lines += [f"- {name}: k = {k}" for name, k in verdict.items()]
@@ -216,6 +219,7 @@ def plot(summary, path):
                 ax.errorbar(ks, ys, yerr=es, marker="o", capsize=3, color=f"C{i}",
                             label=f"lr {lr:g}")
                 ax.set_xscale("log")
+                ax.minorticks_off()
                 ax.set_xticks(ks)
                 ax.set_xticklabels([str(k) for k in ks])
                 ax.set_xlabel("stats_every k")
