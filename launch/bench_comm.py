@@ -26,7 +26,8 @@ from toolkit.bench.comm import (check_comm_cpu, format_rate, rate_bits_per_s, ra
 from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATEGIES = ("none", "sync", "local", "dasgd")
+# Horovod strategies, then PyTorch's own DDP and DDP + PostLocalSGD (toolkit/bench/peers.py)
+STRATEGIES = ("none", "sync", "local", "dasgd", "ddp", "postlocal")
 TRANSPORTS = ("mpi", "gloo")
 
 
@@ -109,7 +110,7 @@ def job_env(extra=None):
     return env
 
 
-def run_job(net, args, transport, strategies, out_dir, *, probe=0, rounds=None,
+def run_job(net, args, transport, strategies, out_dir, *, probe=0, sizes=False, rounds=None,
             timeline=None):
     """One 2-rank job in the namespace in which `strategies` take turns; its result dict."""
     out = os.path.join(out_dir, f"{transport}-{'-'.join(strategies)}.json")
@@ -119,6 +120,7 @@ def run_job(net, args, transport, strategies, out_dir, *, probe=0, rounds=None,
                            "--rounds", rounds or args.rounds, "--block-steps", args.block_steps,
                            "--period", args.period, "--delay", args.delay,
                            "--threads", args.threads, "--probe-allreduce", probe,
+                           *(["--probe-sizes"] if probe and sizes else []),
                            *(["--comm-cpu", args.comm_cpu] if args.comm_cpu is not None
                              else []))
     if transport == "mpi":
@@ -208,13 +210,15 @@ def main(argv=None):
             # No timeline in the timed job: with HOROVOD_TIMELINE set, `none` (no collectives
             # at all) ran up to 2x slower in some rounds (0.62 s without, 0.6-1.3 s with), which
             # flattered every ratio to `none`. The timeline comes from a short dasgd-only job.
-            result = run_job(net, args, transport, list(STRATEGIES), out_dir, probe=3)
+            result = run_job(net, args, transport, list(STRATEGIES), out_dir, probe=3,
+                             sizes=True)
             run_job(net, args, transport, ["dasgd"], out_dir, rounds=2, timeline=timeline)
             step_s = result["step_s"]
             cpu = result["cpu_s_per_step"]
             for strategy in STRATEGIES:
-                say(f"{transport:5s} {strategy:6s} step {step_s[strategy]:.3f} s (waiting on "
-                    f"communication {result['comm_wait_s_per_step'][strategy]:.3f} s/step; CPU "
+                wait = result["comm_wait_s_per_step"][strategy]
+                say(f"{transport:5s} {strategy:9s} step {step_s[strategy]:.3f} s (waiting on "
+                    f"communication {'n/a' if wait is None else f'{wait:.3f} s/step'}; CPU "
                     f"per step: compute threads {cpu[strategy]['compute']:.3f} s, "
                     f"communication threads {cpu[strategy]['comm']:.3f} s)")
             entry = {"rate": rate, "step_s": step_s, **ratios(step_s),
@@ -222,7 +226,8 @@ def main(argv=None):
                      "cpu_s_per_step": cpu,
                      "step_s_per_rank": result["step_s_per_rank"],
                      "timed_steps_per_strategy": result["timed_steps_per_strategy"],
-                     "allreduce_s": result["allreduce_s"], "timeline": timeline}
+                     "allreduce_s": result["allreduce_s"],
+                     "allreduce_sizes": result["allreduce_sizes"], "timeline": timeline}
             entry["allreduce_over_compute"] = entry["allreduce_s"] / step_s["none"]
             entry["timeline_rounds"] = rounds = timeline_rounds(timeline)
             entry["round_step_s"] = result["round_step_s"]
@@ -231,6 +236,9 @@ def main(argv=None):
             hidden = entry["hidden_fraction"]
             say(f"{transport}: dasgd/none {entry['dasgd_over_none']:.3f}  sync/none "
                 f"{entry['sync_over_none']:.3f}  local/none {entry['local_over_none']:.3f}  "
+                f"ddp/none {entry['ddp_over_none']:.3f}  postlocal/none "
+                f"{entry['postlocal_over_none']:.3f}  dasgd/fastest peer "
+                f"{entry['dasgd_over_fastest_peer']:.3f}  "
                 f"hidden fraction {'n/a' if hidden is None else f'{hidden:.2f}'}  "
                 f"(allreduce alone {entry['allreduce_s']:.3f} s = "
                 f"{entry['allreduce_over_compute']:.2f} x compute)")
@@ -245,7 +253,9 @@ def main(argv=None):
     # Top-level numbers: the first transport (mpirun over TCP by default); both are kept.
     first = report["by_transport"][transports[0]]
     report.update({k: first[k] for k in ("rate", "step_s", "dasgd_over_none",
-                                         "sync_over_none", "hidden_fraction")})
+                                         "sync_over_none", "ddp_over_none",
+                                         "postlocal_over_none", "dasgd_over_fastest_peer",
+                                         "hidden_fraction")})
     report["transport"] = transports[0]
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)

@@ -20,6 +20,15 @@ def _int_list(text):
         raise argparse.ArgumentTypeError(f"want comma-separated integers, got {text!r}")
 
 
+def _int_or_auto(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want an integer or auto, got {text!r}") from None
+
+
 def _str_list(text):
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -85,8 +94,8 @@ def parser():
                    help="share of a step that overlaps sync's allreduce (default: calibrated)")
     j.add_argument("--period", type=int, default=None,
                    help="dasgd H (default: the benchmark's, else 1)")
-    j.add_argument("--delay", type=int, default=None,
-                   help="dasgd d (default: the benchmark's, else 1)")
+    j.add_argument("--delay", type=_int_or_auto, default="auto",
+                   help="dasgd d, or auto: per worker count as --delay auto would choose it")
     j.add_argument("--batch-per-rank", type=int, default=None, help="for images/s")
     j.add_argument("--workers", default="8..4096", help="8,16,... or a range 8..4096")
     j.add_argument("--out", default="runs/projection",

@@ -76,3 +76,24 @@ def test_cycle_time_default_only_for_strategies_that_never_block_on_the_average(
         assert apply_cycle_time_default(name, delay, env) is None and env == {}
     env = {"HOROVOD_CYCLE_TIME": "0.5"}  # the user's choice wins
     assert apply_cycle_time_default("dasgd", 1, env) == "0.5"
+
+
+def test_projection_fits_alpha_beta_from_sizes_and_chooses_d_like_auto():
+    from toolkit.scaling import projection as pj
+    from toolkit.scaling.calibration import Measured
+    # t = 2 alpha + n / beta on 2 workers: alpha = 0.5 ms, beta = 100 MB/s
+    points = [(2, n, 1e-3 + n / 1e8) for n in (1e6, 4e6, 16e6)]
+    measured = Measured(compute_s=1.0, points=points, workers=2, bytes=16e6, sync_s=1.2,
+                        dasgd_s=1.05, delay=1)
+    model, notes = pj.calibrate(measured, delay="auto")
+    assert model.alpha == pytest.approx(5e-4) and model.beta == pytest.approx(1e8)
+    assert "fitted" in notes[0]
+    step = model.compute_s + model.dasgd_overhead_s  # what auto measures as the step
+    rows = pj.project(model, [8, 256, 4096])
+    for row in rows:
+        d, t = row["dasgd_delay"], row["allreduce_s"]
+        assert d == min(8, max(1, -(-t // step)))  # smallest integer with t <= d * step
+        assert row["dasgd_efficiency"] > 0.9
+    assert [r["dasgd_delay"] for r in rows] == [1, 1, 5]
+    for _, _, value, modelled in pj.check_rows(model, measured):
+        assert modelled == pytest.approx(value, rel=0.05)

@@ -36,10 +36,15 @@ def test_bench_comm_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["rate"] == "200mbit"
-    assert set(report["step_s"]) == {"none", "sync", "local", "dasgd"}
+    assert set(report["step_s"]) == {"none", "sync", "local", "dasgd", "ddp", "postlocal"}
     assert all(v > 0 for v in report["step_s"].values())
-    for key in ("dasgd_over_none", "sync_over_none", "hidden_fraction"):
+    for key in ("dasgd_over_none", "sync_over_none", "ddp_over_none", "postlocal_over_none",
+                "dasgd_over_fastest_peer", "hidden_fraction"):
         assert key in report
+    assert report["ddp_over_none"] == pytest.approx(
+        report["step_s"]["ddp"] / report["step_s"]["none"])
+    assert report["dasgd_over_fastest_peer"] == pytest.approx(report["step_s"]["dasgd"] / min(
+        report["step_s"][n] for n in ("sync", "local", "ddp", "postlocal")))
     assert report["dasgd_over_none"] == pytest.approx(
         report["step_s"]["dasgd"] / report["step_s"]["none"])
     # Per-round times (slowest rank) for every strategy, and the ratios paired by round.
@@ -51,6 +56,11 @@ def test_bench_comm_smoke(tmp_path):
     # (the smoke run's steps are milliseconds, below /proc's clock-tick resolution)
     assert all(v["compute"] >= 0 and v["comm"] >= 0 for v in cpu.values())
     assert "communication threads" in proc.stdout
+    # Allreduces timed at several sizes (for the latency/bandwidth fit of the projection).
+    sizes = entry["allreduce_sizes"]
+    assert len(sizes) >= 3 and len({p["bytes"] for p in sizes}) == len(sizes)
+    assert all(p["seconds"] > 0 and p["workers"] == 2 for p in sizes)
+    assert set(entry["per_round_ratios"]) >= {"ddp_over_none", "postlocal_over_none"}
     spread = entry["per_round_ratios"]["dasgd_over_none"]
     assert spread["rounds"] == 2 and spread["q1"] <= spread["median"] <= spread["q3"]
     # The dasgd run wrote a Horovod timeline that shows its named averages.

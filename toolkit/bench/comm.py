@@ -19,6 +19,8 @@ import torch
 
 RATE_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
 RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+# Message sizes (fractions of the model) timed for the latency/bandwidth fit.
+SIZE_FRACTIONS = (1 / 64, 1 / 16, 1 / 4, 1.0)
 
 
 def rate_bits_per_s(rate):
@@ -35,18 +37,24 @@ def format_rate(bits_per_s):
 
 
 def ratios(step_s):
-    """Ratios to `none` and the hidden fraction (sync - dasgd) / (sync - none)."""
+    """Ratios to `none`, dasgd against the fastest peer, and the hidden fraction
+    (sync - dasgd) / (sync - none)."""
     none, sync, dasgd = step_s["none"], step_s["sync"], step_s["dasgd"]
     out = {"dasgd_over_none": dasgd / none, "sync_over_none": sync / none}
-    if "local" in step_s:
-        out["local_over_none"] = step_s["local"] / none
+    for name in ("local", "ddp", "postlocal"):
+        if name in step_s:
+            out[f"{name}_over_none"] = step_s[name] / none
+    peers = [step_s[n] for n in ("sync", "local", "ddp", "postlocal") if n in step_s]
+    # DaSGD's step against the fastest of the other data-parallel methods (<= 1: no slower)
+    out["dasgd_over_fastest_peer"] = dasgd / min(peers)
     exposed = sync - none
     # With no communication cost to hide the fraction is undefined, not 1.
     out["hidden_fraction"] = (sync - dasgd) / exposed if exposed > 0 else None
     return out
 
 
-def round_ratio_spread(round_step_s, over="none", of=("sync", "local", "dasgd")):
+def round_ratio_spread(round_step_s, over="none",
+                       of=("sync", "local", "dasgd", "ddp", "postlocal")):
     """Per-round ratios strategy/none (turns of one round run back to back, so a change in
     the machine's load between rounds cancels): median and quartiles per strategy, which show
     how far the ratio of the medians can be trusted on a shared machine."""
@@ -178,18 +186,36 @@ def probe_allreduce(hvd, numel, repeats):
     return statistics.median(times)
 
 
+def probe_sizes(hvd, numel, fractions, repeats):
+    """[{workers, bytes, seconds}] of blocking averages of `fractions` of the model: the
+    points from which `launch.scaling project` fits latency and bandwidth."""
+    points = []
+    for fraction in fractions:
+        n = max(1, int(numel * fraction))
+        points.append({"workers": hvd.size(), "bytes": 4 * n,
+                       "seconds": probe_allreduce(hvd, n, repeats)})
+    return points
+
+
 class _Contender:
-    """One strategy with its own model copy (same init), so strategies can take turns."""
+    """One strategy (or PyTorch peer) with its own model copy (same init), so that they can
+    take turns."""
 
     def __init__(self, name, args, make_strategy, build_model):
+        from toolkit.bench.peers import PEER_NAMES, TorchPeer
         torch.manual_seed(args.seed)
         self.name = name
         self.model = build_model(args.model, num_classes=10, in_channels=3,
                                  image_size=args.image_size, norm="bn")
         optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                     weight_decay=5e-4)
-        self.strategy = make_strategy(name, self.model, optimizer, period=args.period,
-                                      delay=args.delay)
+        if name in PEER_NAMES:
+            self.strategy = TorchPeer(name, self.model, optimizer, args.period)
+            self.forward = self.strategy.module
+        else:
+            self.strategy = make_strategy(name, self.model, optimizer, period=args.period,
+                                          delay=args.delay)
+            self.forward = self.model
         self.times, self.waits = [], []
         self.block_medians = []  # one per turn: pairs strategies that ran side by side
         self.cpu = None  # CpuSplit over the timed steps
@@ -198,7 +224,7 @@ class _Contender:
         wait_before = self.strategy.comm_wait_s
         start = time.perf_counter()
         self.strategy.optimizer.zero_grad()
-        loss_fn(self.model(x), y).backward()
+        loss_fn(self.forward(x), y).backward()
         self.strategy.step()
         if timed:
             self.times.append(time.perf_counter() - start)
@@ -209,6 +235,7 @@ def run_worker(args):
     """All strategies in one job, taking turns in blocks of steps (the order rotates every
     round), so that they all see the same load on a shared machine."""
     from toolkit.dist.startup import communication_threads, init_horovod
+    from toolkit.bench.peers import PEER_NAMES, init_torch_distributed
     from toolkit.strategies import make_strategy
     hvd = init_horovod()
     if args.comm_cpu is not None:
@@ -216,9 +243,12 @@ def run_worker(args):
     torch.set_num_threads(args.threads)
     from models import build_model
     names = [n for n in args.strategies.split(",") if n]
+    comm_threads = communication_threads()
+    if set(names) & set(PEER_NAMES):
+        comm_threads |= init_torch_distributed(hvd)
     contenders = [_Contender(n, args, make_strategy, build_model) for n in names]
     for c in contenders:
-        c.cpu = CpuSplit(communication_threads())
+        c.cpu = CpuSplit(comm_threads)
     batches = synthetic_batches(4, args.batch_size, 3, args.image_size, 10,
                                 seed=args.seed * 1000 + hvd.rank())
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -247,6 +277,8 @@ def run_worker(args):
     numel = sum(p.numel() for p in model.parameters()) + sum(
         b.numel() for b in model.buffers() if b.is_floating_point())
     probe = probe_allreduce(hvd, numel, args.probe_allreduce) if args.probe_allreduce else None
+    sizes = probe_sizes(hvd, numel, SIZE_FRACTIONS, args.probe_allreduce) \
+        if args.probe_allreduce and args.probe_sizes else None
     if hvd.rank() == 0:
         result = {"model": args.model, "ranks": hvd.size(), "batch_per_rank": args.batch_size,
                   "rounds": args.rounds, "block_steps": args.block_steps,
@@ -257,7 +289,9 @@ def run_worker(args):
                              for i, c in enumerate(contenders)},
                   "step_s_per_rank": {c.name: everyone[:, i, 0].tolist()
                                       for i, c in enumerate(contenders)},
-                  "comm_wait_s_per_step": {c.name: float(everyone[:, i, 1].max())
+                  # (None for PyTorch's peers: their waiting happens inside torch)
+                  "comm_wait_s_per_step": {c.name: None if c.name in PEER_NAMES
+                                           else float(everyone[:, i, 1].max())
                                            for i, c in enumerate(contenders)},
                   # The fastest step is the least disturbed by other load (calibration).
                   "step_s_min": {c.name: float(everyone[:, i, 2].max())
@@ -270,9 +304,13 @@ def run_worker(args):
                   # per round, slowest rank: for ratios of turns that ran back to back
                   "round_step_s": {c.name: block_all[:, i, :].max(0).values.tolist()
                                    for i, c in enumerate(contenders)},
-                  "model_bytes": 4 * numel, "allreduce_s": probe}
+                  "model_bytes": 4 * numel, "allreduce_s": probe,
+                  "allreduce_sizes": sizes}
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
+    if set(names) & set(PEER_NAMES):
+        import torch.distributed as dist
+        dist.destroy_process_group()
 
 
 def worker_parser():
@@ -296,6 +334,9 @@ def worker_parser():
                         "others (emulates a core to spare for communication)")
     p.add_argument("--probe-allreduce", type=int, default=0,
                    help="after training, time this many blocking model-size averages")
+    p.add_argument("--probe-sizes", action="store_true",
+                   help="with --probe-allreduce: also time averages of 1/64, 1/16 and 1/4 "
+                        "of the model (for fitting latency and bandwidth)")
     return p
 
 

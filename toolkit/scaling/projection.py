@@ -6,13 +6,16 @@ and t(p) = ring allreduce time of the model on p workers (alpha-beta, calibrated
                                          of the step that overlaps communication
                                          (calibrated from the measured sync step)
   dasgd: c + max(0, t(p) - d·c) / H      the average of period H travels for d steps of
-                                         compute before it is needed
+                                         compute before it is needed; with d = "auto"
+                                         d(p) is what `--delay auto` picks: the smallest
+                                         integer with t(p) <= d·step, at most 8
 Throughput = p · batch / step; efficiency = c / step (1 = no communication cost).
 """
 import math
 from dataclasses import dataclass
 
 from toolkit.scaling.calibration import fit_alpha_beta, ring_allreduce_s
+from toolkit.strategies.auto_delay import DEFAULT_BOUNDS, choose_delay
 
 DEFAULT_WORKERS = tuple(2 ** k for k in range(3, 13))  # 8 ... 4096
 
@@ -25,28 +28,40 @@ class Model:
     beta: float
     overlap: float        # o, fraction of c
     period: int = 1       # H
-    delay: int = 1        # d
+    delay: object = 1     # d, or "auto"
     dasgd_overhead_s: float = 0.0  # per-step cost of dasgd beyond the model (measured)
 
     def allreduce_s(self, p):
         return float(ring_allreduce_s(p, self.bytes, self.alpha, self.beta))
 
-    def step_s(self, strategy, p):
+    def delay_at(self, p):
+        """d on p workers: fixed, or as `--delay auto` would choose it (the step it measures
+        is dasgd's own, compute plus overhead)."""
+        if self.delay != "auto":
+            return self.delay
+        return choose_delay(self.allreduce_s(p), self.compute_s + self.dasgd_overhead_s,
+                            DEFAULT_BOUNDS)
+
+    def step_s(self, strategy, p, delay=None):
         t, c = self.allreduce_s(p), self.compute_s
         if strategy == "sync":
             return c + max(0.0, t - self.overlap * c)
         if strategy == "dasgd":
-            return c + max(0.0, t - self.delay * c) / self.period + self.dasgd_overhead_s
+            d = self.delay_at(p) if delay is None else delay
+            return c + max(0.0, t - d * c) / self.period + self.dasgd_overhead_s
         raise ValueError(f"projection covers sync and dasgd, not {strategy!r}")
 
 
 def calibrate(measured, *, alpha=None, overlap=None, period=None, delay=None):
     """A Model from measured inputs; returns (model, list of assumption sentences).
-    period/delay default to the benchmark's, else 1/1."""
+    period/delay default to the benchmark's, else 1/1; delay="auto" chooses d per worker
+    count. The dasgd overhead is calibrated at the benchmark's own d."""
     period = period if period is not None else (measured.period or 1)
-    delay = delay if delay is not None else (measured.delay if measured.delay is not None else 1)
-    if period < 1 or delay < 0:
-        raise ValueError(f"--period must be >= 1 and --delay >= 0, got {period}, {delay}")
+    measured_delay = measured.delay if isinstance(measured.delay, int) else 1
+    delay = measured_delay if delay is None else delay
+    if period < 1 or (delay != "auto" and (not isinstance(delay, int) or delay < 0)):
+        raise ValueError(f"--period must be >= 1 and --delay an integer >= 0 or auto, got "
+                         f"{period}, {delay!r}")
     a, b = fit_alpha_beta(measured.points, alpha)
     notes = []
     if alpha is None and len({(p, n) for p, n, _ in measured.points}) >= 2:
@@ -79,7 +94,8 @@ def calibrate(measured, *, alpha=None, overlap=None, period=None, delay=None):
     if measured.dasgd_s is not None:
         # Snapshot copies and the communication thread competing for cores cost time the
         # alpha-beta terms do not see; what the measurement shows beyond them is kept.
-        model.dasgd_overhead_s = max(0.0, measured.dasgd_s - model.step_s("dasgd", measured.workers))
+        model.dasgd_overhead_s = max(0.0, measured.dasgd_s - model.step_s(
+            "dasgd", measured.workers, delay=measured_delay))
         notes.append(f"dasgd pays a fixed {model.dasgd_overhead_s:.3g} s per step beyond the "
                      f"model (measured dasgd step {measured.dasgd_s:.4g} s at "
                      f"p={measured.workers} minus the modelled one)")
@@ -97,7 +113,10 @@ def calibrate(measured, *, alpha=None, overlap=None, period=None, delay=None):
         "sync exposes the part of the allreduce not overlapped with backward: "
         "c + max(0, t(p) - o*c)",
         f"dasgd (H={period}, d={delay}) hides the allreduce behind d steps of compute and "
-        f"pays the rest once per H steps: c + max(0, t(p) - d*c)/H + overhead",
+        f"pays the rest once per H steps: c + max(0, t(p) - d*c)/H + overhead"
+        + ("; d per worker count as --delay auto picks it: the smallest integer with "
+           "t(p) <= d * (c + overhead), at most 8 (column dasgd_delay)" if delay == "auto"
+           else ""),
         "throughput = p * batch / step; efficiency = c / step",
     ]
     return model, notes
@@ -108,7 +127,8 @@ def project(model, workers=DEFAULT_WORKERS, batch_per_rank=None):
     for p in workers:
         if p < 1:
             raise ValueError(f"worker counts must be positive, got {p}")
-        row = {"workers": p, "allreduce_s": model.allreduce_s(p)}
+        row = {"workers": p, "allreduce_s": model.allreduce_s(p),
+               "dasgd_delay": model.delay_at(p)}
         for s in ("sync", "dasgd"):
             step = model.step_s(s, p)
             row[f"{s}_step_s"] = step
@@ -122,9 +142,11 @@ def project(model, workers=DEFAULT_WORKERS, batch_per_rank=None):
 def check_rows(model, measured):
     """Model vs measurement at the measured worker count (how well the calibration fits)."""
     rows = []
+    delay = measured.delay if isinstance(measured.delay, int) else 1  # the benchmark's d
     for s, value in (("sync", measured.sync_s), ("dasgd", measured.dasgd_s)):
         if value is not None:
-            rows.append((s, measured.workers, value, model.step_s(s, measured.workers)))
+            rows.append((s, measured.workers, value,
+                         model.step_s(s, measured.workers, delay=delay)))
     return rows
 
 
@@ -135,15 +157,18 @@ def _g(x, digits=4):
 
 
 def to_markdown(rows, notes, checks=()):
-    cols = ["workers", "allreduce_s", "sync_step_s", "dasgd_step_s", "sync_efficiency",
+    cols = ["workers", "allreduce_s", "dasgd_delay", "sync_step_s", "dasgd_step_s",
+            "sync_efficiency",
             "dasgd_efficiency", "sync_images_per_s", "dasgd_images_per_s", "dasgd_over_sync"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_g(r[c]) if c != "workers" else str(r[c]) for c in cols) + " |"
+    out += ["| " + " | ".join(str(r[c]) if c in ("workers", "dasgd_delay") else _g(r[c])
+                             for c in cols) + " |"
             for r in rows]
     out += ["", "Assumptions:"] + [f"- {n}" for n in notes]
     if checks:
         out += ["", "Calibration check (measured vs model step, seconds):"]
-        out += [f"- {s} at p={p}: measured {_g(m)}, model {_g(x)}" for s, p, m, x in checks]
+        out += [f"- {s} at p={p}: measured {_g(m)}, model {_g(x)} ({(x / m - 1) * 100:+.1f} %)"
+                for s, p, m, x in checks]
     return "\n".join(out) + "\n"
 
 
