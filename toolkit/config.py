@@ -69,7 +69,14 @@ class RunConfig:
         "every --period steps; dasgd: delayed averaging that overlaps communication with "
         "compute", DIST, choices=STRATEGY_CHOICES)
     period: int = option(1, "H: steps between averages", DIST)
-    delay: int = option(1, "d: steps an average travels before it is merged (dasgd)", DIST)
+    delay: object = option(1, "d: steps an average travels before it is merged (dasgd); "
+                           "auto: the smallest d (1..8) with one measured average <= d steps, "
+                           "re-checked every epoch", DIST, metavar="D|auto")
+    avg_dtype: str = option("fp32", "dtype the dasgd average travels in (weights stay fp32); "
+                            "bf16/fp16 send the difference to the last merged average",
+                            DIST, choices=("fp32", "bf16", "fp16"))
+    fragments: int = option(1, "dasgd streamed averaging: F parts of about equal bytes, "
+                            "averaged in turn over the period", DIST)
     warmup_steps: int = option(0, "synchronous steps before DaSGD starts", DIST)
     # optimisation
     epochs: int = option(15, "passes over the training set", OPT)
@@ -137,10 +144,12 @@ class RunConfig:
                     spec.metadata["choices"]:
                 _fail(spec.name, f"must be one of {', '.join(spec.metadata['choices'])}",
                       getattr(self, spec.name))
-        for name in ("epochs", "batch_size", "period", "keep", "log_interval", "inv_block",
-                     "inv_n_iter", "inv_first_n_iter", "inv_stats_every"):
+        for name in ("epochs", "batch_size", "period", "fragments", "keep", "log_interval",
+                     "inv_block", "inv_n_iter", "inv_first_n_iter", "inv_stats_every"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("delay", "warmup_steps", "max_steps", "checkpoint_interval", "threads",
+        if self.delay != "auto":
+            _check_int("delay", self.delay, 0)
+        for name in ("warmup_steps", "max_steps", "checkpoint_interval", "threads",
                      "stop_after_epochs", "seed"):
             _check_int(name, getattr(self, name), 0)
         for name in ("weight_decay", "momentum", "warmup_epochs"):
@@ -207,7 +216,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _flag_type(spec):
-    if spec.name == "inv_sampling_stride":
+    if spec.name in ("inv_sampling_stride", "delay"):
         return int_or_auto
     default_type = {"int": int, "float": float, "str": str}.get(
         spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", ""))

@@ -147,6 +147,8 @@ class Trainer:
         self.preempt, self.vote = stop_flag(), StopVote()  # launch.train installed it first
         self.train_seconds, self.train_images, self.epochs_this_run = 0.0, 0, 0
         self.last_eval, self.stopped_by = {}, None
+        self.delay_change = None  # (old d, new d) of --delay auto in this epoch
+        self.delay_decisions_logged = len(getattr(self.strategy, "delay_log", ()))
 
     def _make_strategy(self):
         from toolkit.strategies import make_strategy
@@ -154,7 +156,8 @@ class Trainer:
                                     momentum=self.cfg.momentum,
                                     weight_decay=self.cfg.weight_decay)
         return make_strategy(self.cfg.strategy, self.model, optimizer, period=self.cfg.period,
-                             delay=self.cfg.delay, warmup_steps=self.cfg.warmup_steps)
+                             delay=self.cfg.delay, warmup_steps=self.cfg.warmup_steps,
+                             avg_dtype=self.cfg.avg_dtype, fragments=self.cfg.fragments)
 
     def _resume(self):
         """Loads the checkpoint --resume names; refuses to write over another run's."""
@@ -196,6 +199,7 @@ class Trainer:
             if self.step_in_epoch >= self.steps_epoch:
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
                 self.epochs_this_run += 1
+            self.recheck_delay()  # before the checkpoint, so that it records the new d
             self.checkpoint()
             self.evaluate_and_log()
             if self.cfg.stop_after_epochs and self.epochs_this_run >= self.cfg.stop_after_epochs:
@@ -271,6 +275,21 @@ class Trainer:
         self.step, self.step_in_epoch = self.step + 1, self.step_in_epoch + 1
         return loss, correct, lr
 
+    def recheck_delay(self):
+        """--delay auto: measure again at the end of an epoch; log every change of d (the
+        first decision, taken during the first epoch, included)."""
+        self.delay_change = None
+        if getattr(self.strategy, "recheck_delay", None) is None:
+            return
+        self.strategy.recheck_delay()
+        log = self.strategy.delay_log
+        changes = [e for e in log[self.delay_decisions_logged:] if e["delay"] != e["previous"]]
+        for entry in changes:
+            self.log.write("delay", epoch=self.epoch, **entry)
+        if changes:
+            self.delay_change = (changes[0]["previous"], changes[-1]["delay"])
+        self.delay_decisions_logged = len(log)
+
     def checkpoint(self):
         """Same model on every rank, then rank 0 writes it (refusing a diverged model)."""
         if self.saved_step == self.step:
@@ -308,7 +327,9 @@ class Trainer:
         dist.root_print(ctx, f"epoch {epoch} step {self.step}: "
                         f"train_loss={meter.loss:.4f} "
                         f"test_loss={self.last_eval['test_loss']:.4f} "
-                        f"test_acc={self.last_eval['test_acc']:.4f} images/s={images_per_s:.0f}")
+                        f"test_acc={self.last_eval['test_acc']:.4f} images/s={images_per_s:.0f}"
+                        + (f" d={self.delay_change[0]}->{self.delay_change[1]}"
+                           if self.delay_change else ""))
 
     def say_stopped(self):
         dist.root_print(self.ctx, f"stopped by {self.stopped_by} at step {self.step}: "

@@ -88,9 +88,10 @@ def _thread_ids():
 
 
 def apply_cycle_time_default(strategy, delay=1, env=os.environ):
-    """HOROVOD_CYCLE_TIME=5 (ms) for `none` and for `dasgd` with delay >= 1, unless the user
-    set it; returns the value Horovod will use (None: Horovod's own default)."""
-    if strategy == "none" or (strategy == "dasgd" and delay >= 1):
+    """HOROVOD_CYCLE_TIME=5 (ms) for `none` and for `dasgd` with delay >= 1 or "auto" (which
+    is >= 1), unless the user set it; returns the value Horovod will use (None: Horovod's
+    own default)."""
+    if strategy == "none" or (strategy == "dasgd" and (delay == "auto" or delay >= 1)):
         env.setdefault(CYCLE_TIME_ENV, QUIET_CYCLE_TIME_MS)
     return env.get(CYCLE_TIME_ENV)
 
