@@ -13,6 +13,7 @@ import collections
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -83,6 +84,18 @@ def check_placement(report, slots):
         assert {r["cross_size"] for r in rs} == {len(slots)}, host
     # The sum of 1..size reached every element on every node.
     assert report["sum_min"] == report["sum_max"] == size * (size + 1) / 2
+
+
+def processes_mentioning(text):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def summary(out_dir):
@@ -192,3 +205,21 @@ def test_srun_local_ranks_per_node(cluster, tmp_path):
     run_dir = str(tmp_path / "ranks")
     log = sbatch(cluster, run_dir, ["--wrap", f"srun --mpi=pmix {sys.executable} {WORKER}"])
     check_placement(ranks_report(log), TWO_BY_TWO)
+
+
+def test_failed_start_removes_everything(request, tmp_path):
+    if "multinode" not in (request.config.option.markexpr or ""):
+        pytest.skip("emulated multi-node cluster: run with `make test-multinode`")
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces, sshd and slurmd need root")
+    # A node declaring far more memory than the machine has registers as invalid and never
+    # becomes idle: the start fails after the network, sshd and every daemon are up.
+    c = EmulatedCluster(str(tmp_path / "bad"), nodes=2, real_memory_mb=10 ** 9)
+    with pytest.raises(RuntimeError, match="not idle"):
+        c.start(timeout=15)
+    # Every daemon was started with the cluster's directory on its command line.
+    assert os.path.exists(c.path("log", "slurmd-node2.log")), "the start failed too early"
+    assert not processes_mentioning(c.root)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"tkn{c.net.token}" not in links + namespaces
