@@ -49,7 +49,8 @@ CASES = [
          "ignores SIGINT)", "horovodrun -np 2", "killed by the signal",
          "mpirun starts ending the job; the ranks take its SIGCONT as the stop request; as "
          "for SIGTERM"),
-    Case("timeout-horovodrun", "`timeout 25 horovodrun ...`", "horovodrun -np 2", "124",
+    Case("timeout-horovodrun", "`timeout DURATION horovodrun ...` expires", "horovodrun -np 2",
+         "124",
          "as for SIGTERM"),
     Case("term-mpirun", "SIGTERM to mpirun", "mpirun -np 2", "1 (mpirun's own, every rank "
          "exits 0)",
@@ -58,7 +59,8 @@ CASES = [
          "policy); one checkpoint of step N; every process gone"),
     Case("int-mpirun", "SIGINT to mpirun", "mpirun -np 2", "1 (as for SIGTERM)",
          "as for SIGTERM"),
-    Case("timeout-mpirun", "`timeout 25 mpirun ...`", "mpirun -np 2", "124", "as for SIGTERM"),
+    Case("timeout-mpirun", "`timeout DURATION mpirun ...` expires", "mpirun -np 2", "124",
+         "as for SIGTERM"),
     Case("usr1-mpirun", "SIGUSR1 to mpirun (forwarded at once)", "mpirun -np 2", "0",
          "`stopped by SIGUSR1 at step N`, one checkpoint of step N"),
     Case("kill-mpirun", "SIGKILL to mpirun (the launcher dies)", "mpirun -np 2", "killed",
