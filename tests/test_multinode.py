@@ -34,13 +34,19 @@ JOB_TIMEOUT = 400
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def cluster(request, tmp_path_factory):
-    if "multinode" not in (request.config.option.markexpr or ""):
+def skip_unless_selected(request):
+    """Only with -m multinode (make test-multinode): minutes of work, root, namespaces."""
+    expr = request.config.option.markexpr or ""
+    if "multinode" not in expr or "not multinode" in expr:
         pytest.skip("emulated multi-node cluster: run with `make test-multinode` "
                     "(pytest -m multinode tests/test_multinode.py)")
     if os.geteuid() != 0:
         pytest.skip("network namespaces, sshd and slurmd need root")
+
+
+@pytest.fixture(scope="module")
+def cluster(request, tmp_path_factory):
+    skip_unless_selected(request)
     c = EmulatedCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, rate="1gbit")
     c.extra_env["TOOLKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("toolkit-cache"))
     try:
@@ -208,10 +214,7 @@ def test_srun_local_ranks_per_node(cluster, tmp_path):
 
 
 def test_failed_start_removes_everything(request, tmp_path):
-    if "multinode" not in (request.config.option.markexpr or ""):
-        pytest.skip("emulated multi-node cluster: run with `make test-multinode`")
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces, sshd and slurmd need root")
+    skip_unless_selected(request)
     # A node declaring far more memory than the machine has registers as invalid and never
     # becomes idle: the start fails after the network, sshd and every daemon are up.
     c = EmulatedCluster(str(tmp_path / "bad"), nodes=2, real_memory_mb=10 ** 9)
