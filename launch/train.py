@@ -86,6 +86,8 @@ def run(cfg, ctx, trainer, started):
     summary["wall_s"] = time.time() - started
     if ctx.is_root:
         write_json(os.path.join(cfg.out, "summary.json"), summary)
+        from toolkit.plot import plot_finished_run
+        dist.line_print(plot_finished_run(cfg.out))
         acc = summary["test_acc"]
         acc_text = "none" if acc is None else f"{acc:.3f}"
         dist.line_print(f"final: test_acc={acc_text} images_per_s={summary['images_per_s']:.1f} "

@@ -24,7 +24,7 @@ def test_training_writes_its_plot_and_launch_plot_draws_two_runs(tmp_path):
     runs = []
     for name, extra in (("sgd", []), ("adamw", ["--optimizer", "adamw", "--lr", "0.003"])):
         out = tmp_path / name
-        proc = train_single("--norm", "bn", "--strategy", "none", "--epochs", "2",
+        proc = train_single("--norm", "bn", "--strategy", "none", "--epochs", "2", "--max-steps", "30",
                             "--workers", "0", "--out", out, *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"plot: {out}/plot.png" in proc.stdout

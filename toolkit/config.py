@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 STRATEGY_CHOICES = ("none", "sync", "local", "dasgd")
 NORM_CHOICES = ("bn", "inv", "none")
 # What a checkpoint must agree with to be resumed by this run (besides the world size).
-RESUME_KEYS = ("model", "norm", "dataset", "batch_size", "strategy", "period", "delay", "seed")
+RESUME_KEYS = ("model", "norm", "dataset", "batch_size", "strategy", "period", "delay", "seed",
+               "optimizer", "betas", "label_smoothing", "grad_clip", "amp")
 # Written into config.json beside the options: facts of the run, not choices.
 RUN_FACTS = ("world_size", "launcher")
 # Run-specific: a saved configuration re-runs into a new directory unless told otherwise.
@@ -62,6 +63,9 @@ class RunConfig:
     data_dir: str = option(None, "dataset location on disk", MODEL)
     image_size: int = option(None, "image size for imagefolder/synthetic data; none given: 224 "
                              "for imagefolder, 32 for synthetic", MODEL)
+    workers: int = option(None, "data loader worker processes per rank, kept across epochs "
+                          "(0: load in the training process); none given: the cores of this "
+                          "rank minus its compute threads", MODEL)
     # distributed strategy
     strategy: str = option(
         "dasgd", "none: ranks train independently (models averaged only at evaluation and "
@@ -88,8 +92,19 @@ class RunConfig:
                            "training", OPT, choices=("cosine", "step"))
     warmup_epochs: float = option(0.0, "linear warm-up from --lr to the scaled lr (from 0 "
                                   "when they are equal: one rank or --lr-scaling none)", OPT)
+    optimizer: str = option("sgd", "sgd: momentum SGD with L2 weight decay; adamw: Adam with "
+                            "decoupled weight decay (not on biases and per-channel scales)", OPT,
+                            choices=("sgd", "adamw"))
     momentum: float = option(0.9, "SGD momentum", OPT)
-    weight_decay: float = option(5e-4, "SGD weight decay", OPT)
+    weight_decay: float = option(5e-4, "weight decay (SGD: added to the gradient; AdamW: "
+                                 "decoupled)", OPT)
+    betas: str = option("0.9,0.999", "AdamW's two moment decay rates", OPT, metavar="B1,B2")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (0: none)", OPT)
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value, after any "
+                              "gradient averaging (0: no clipping)", OPT)
+    amp: str = option("off", "mixed precision of the forward pass and the loss: bf16, or fp16 "
+                      "with dynamic loss scaling; weights, optimizer state and averages stay "
+                      "fp32", OPT, choices=("off", "bf16", "fp16"))
     seed: int = option(0, "seeds the model init, the data split, shuffling and augmentation",
                        OPT)
     max_steps: int = option(0, "stop after this many steps in total (0: all epochs)", OPT)
@@ -152,8 +167,18 @@ class RunConfig:
         for name in ("warmup_steps", "max_steps", "checkpoint_interval", "threads",
                      "stop_after_epochs", "seed"):
             _check_int(name, getattr(self, name), 0)
-        for name in ("weight_decay", "momentum", "warmup_epochs"):
+        for name in ("weight_decay", "momentum", "warmup_epochs", "grad_clip",
+                     "label_smoothing"):
             _check_number(name, getattr(self, name), 0.0)
+        if self.label_smoothing >= 1.0:
+            _fail("label_smoothing", "must be below 1", self.label_smoothing)
+        if self.workers is not None:
+            _check_int("workers", self.workers, 0)
+        from toolkit.optim import parse_betas
+        try:  # canonical text, so that a resume compares values rather than spellings
+            self.betas = ",".join(f"{b:g}" for b in parse_betas(self.betas))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         _check_number("lr", self.lr, 0.0, strict=True)
         _check_number("inv_stats_budget", self.inv_stats_budget, 0.0, strict=True)
         if self.image_size is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 PLOT_NAME = "plot.png"
 _PANELS = (("train loss", "interval", "loss"),
-           ("test accuracy", "epoch", "test_acc"),
+           ("test accuracy (%)", "epoch", "test_acc"),
            ("images/s (all ranks)", "interval", "images_per_s"))
 
 
@@ -109,21 +109,32 @@ def _pyplot():
     return plt
 
 
+def _time_unit(runs):
+    """Seconds, minutes or hours, whichever keeps the longest run's axis readable."""
+    longest = max((r.get("time", run.start_time) - run.start_time
+                   for run in runs for r in run.interval + run.epoch), default=0.0)
+    if longest < 180:
+        return 1.0, "s"
+    return (60.0, "min") if longest < 3 * 3600 else (3600.0, "h")
+
+
 def plot_runs(runs, out_path):
     """Write the figure of `runs` (from load_run) to out_path; returns out_path."""
     plt = _pyplot()
+    divisor, unit = _time_unit(runs)
     figure, axes = plt.subplots(len(_PANELS), 2, figsize=(12, 10), squeeze=False)
     for run, label in zip(runs, _distinct_labels(runs)):
         for row, (title, kind, key) in enumerate(_PANELS):
             points = [r for r in getattr(run, kind) if isinstance(r.get(key), (int, float))]
             steps = [r["step"] for r in points]
-            minutes = [(r.get("time", run.start_time) - run.start_time) / 60 for r in points]
-            values = [r[key] for r in points]
+            elapsed = [(r.get("time", run.start_time) - run.start_time) / divisor
+                       for r in points]
+            values = [100 * r[key] if key == "test_acc" else r[key] for r in points]
             style = dict(marker="o", markersize=3) if kind == "epoch" else {}
             axes[row][0].plot(steps, values, label=label, **style)
-            axes[row][1].plot(minutes, values, label=label, **style)
+            axes[row][1].plot(elapsed, values, label=label, **style)
     for row, (title, _, _) in enumerate(_PANELS):
-        for col, xlabel in enumerate(("step", "wall time since the first log line (min)")):
+        for col, xlabel in enumerate(("step", f"wall time since the first log line ({unit})")):
             axis = axes[row][col]
             axis.set_title(f"{title} vs {'steps' if col == 0 else 'wall time'}", fontsize=10)
             axis.set_xlabel(xlabel)

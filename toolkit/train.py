@@ -21,7 +21,10 @@ from tqdm import tqdm
 from toolkit import dist
 from toolkit.checkpoint import Checkpointer, CheckpointError, load_checkpoint
 from toolkit.data import load_dataset, shard_loader, steps_per_epoch
+from toolkit.data.pipeline import TrainLoader, default_workers
 from toolkit.metrics import Meter, MetricsLog, write_json
+from toolkit.optim import build_optimizer, parse_betas
+from toolkit.precision import LossScale, autocast, check_amp
 from toolkit.preemption import StopVote, install as stop_flag
 from toolkit.schedule import lr_at, scaled_lr
 
@@ -95,16 +98,19 @@ def evaluate(model, dataset, ctx, batch_size, device=torch.device("cpu")):
     return loss_sum / n, correct / n
 
 
-def train_step(model, strategy, x, y, lr):
-    """One optimizer step; returns (loss, correct predictions)."""
+def train_step(model, strategy, x, y, lr, *, amp="off", label_smoothing=0.0, loss_scale=None):
+    """One optimizer step; returns (loss, correct predictions). The forward pass and the
+    loss run under autocast (--amp); with fp16 the loss is scaled before backward and the
+    optimizer unscales (toolkit.optim)."""
     for group in strategy.optimizer.param_groups:
         group["lr"] = lr
     strategy.optimizer.zero_grad()
-    output = model(x)
-    loss = F.cross_entropy(output, y)
+    with autocast(amp, x.device):
+        output = model(x)
+        loss = F.cross_entropy(output, y, label_smoothing=label_smoothing)
     if not math.isfinite(loss.item()):
         raise Diverged(f"loss is {loss.item()}")
-    loss.backward()
+    (loss_scale.scale_loss(loss) if loss_scale is not None else loss).backward()
     strategy.step()
     return loss.item(), (output.argmax(1) == y).sum().item()
 
@@ -125,12 +131,18 @@ class Trainer:
         torch.set_num_threads(cfg.threads or default_threads(ctx.local_size))
         check_out_dir(cfg.out)
         self.device = resolve_device(cfg.device, ctx.local_rank)
+        check_amp(cfg.amp, self.device)
         self.ckpts = Checkpointer(os.path.join(cfg.out, "checkpoints"), keep=cfg.keep)
         self.data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, **cfg.data_options())
         self.steps_epoch = steps_per_epoch(len(self.data.train), cfg.batch_size, ctx.size)
         if self.steps_epoch == 0:
             raise ValueError(f"--batch-size {cfg.batch_size} x {ctx.size} ranks exceeds the "
                              f"{len(self.data.train)} training images of {cfg.dataset}")
+        self.train_loader = TrainLoader(
+            self.data.train, cfg.batch_size, ctx.rank, ctx.size, cfg.seed,
+            workers=cfg.workers if cfg.workers is not None else
+            default_workers(ctx.local_size, torch.get_num_threads()),
+            pin_memory=self.device.type == "cuda")
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.data, self.device)
         self.peak_lr = scaled_lr(cfg.lr, ctx.size, cfg.lr_scaling)
@@ -152,9 +164,12 @@ class Trainer:
 
     def _make_strategy(self):
         from toolkit.strategies import make_strategy
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.peak_lr,
-                                    momentum=self.cfg.momentum,
-                                    weight_decay=self.cfg.weight_decay)
+        cfg = self.cfg
+        self.loss_scale = LossScale() if cfg.amp == "fp16" else None
+        optimizer = build_optimizer(self.model, cfg.optimizer, lr=self.peak_lr,
+                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    betas=parse_betas(cfg.betas), grad_clip=cfg.grad_clip,
+                                    loss_scale=self.loss_scale)
         return make_strategy(self.cfg.strategy, self.model, optimizer, period=self.cfg.period,
                              delay=self.cfg.delay, warmup_steps=self.cfg.warmup_steps,
                              avg_dtype=self.cfg.avg_dtype, fragments=self.cfg.fragments)
@@ -180,6 +195,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["rng"])
+        if self.loss_scale is not None:
+            self.loss_scale.load_state_dict(state["loss_scale"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch, self.start_step = state["step_in_epoch"], state["step"]
         dist.root_print(self.ctx, f"resumed from {path} at epoch {self.epoch} step {self.step}")
@@ -210,6 +227,7 @@ class Trainer:
             self.checkpoint()
             self.last_eval = self.evaluate()
         self.vote.drain()
+        self.train_loader.close()
 
     def write_config(self):
         if self.ctx.is_root:
@@ -228,8 +246,7 @@ class Trainer:
     def train_epoch(self):
         """Steps until the epoch ends, the step budget is spent or a stop is agreed on."""
         cfg, ctx = self.cfg, self.ctx
-        loader = shard_loader(self.data.train, cfg.batch_size, ctx.rank, ctx.size, cfg.seed,
-                              self.epoch, train=True, start_step=self.step_in_epoch)
+        loader = self.train_loader.epoch(self.epoch, self.step_in_epoch)
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (ctx.is_root and show_progress(cfg.progress)),
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
@@ -268,7 +285,9 @@ class Trainer:
                    warmup_steps=self.warmup_steps, schedule=self.cfg.schedule,
                    start_lr=self.cfg.lr)
         try:
-            loss, correct = train_step(self.model, self.strategy, x, y, lr)
+            loss, correct = train_step(self.model, self.strategy, x, y, lr, amp=self.cfg.amp,
+                                       label_smoothing=self.cfg.label_smoothing,
+                                       loss_scale=self.loss_scale)
         except Diverged as exc:
             raise Diverged(f"{exc} at step {self.step + 1} (epoch {self.epoch + 1}); last good "
                            f"checkpoint: {self.ckpt_path}") from None
@@ -305,7 +324,9 @@ class Trainer:
                 "config": run_config(self.cfg, self.ctx), "model": self.model.state_dict(),
                 "strategy": self.strategy.state_dict(), "step": self.step,
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "rng": torch.get_rng_state(), "options": self.cfg.to_dict()}, self.step)
+                "rng": torch.get_rng_state(), "options": self.cfg.to_dict(),
+                "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None},
+                self.step)
         self.saved_step = self.step
 
     def evaluate(self):

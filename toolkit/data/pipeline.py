@@ -12,12 +12,19 @@ A sample that cannot be loaded does not travel as a worker's traceback: the work
 a LoadFailure naming it, and the training process raises DataReadError with that one line.
 A worker that dies (killed, out of memory) is reported the same way, naming the files of the
 batch that was awaited.
+
+Stop signals (SIGTERM, SIGUSR1, SIGINT: a scheduler's time limit, a launcher ending the job)
+reach the workers too, as members of the rank's process group. The training process decides
+how to stop (a checkpoint first); the workers ignore those signals and end when the training
+process shuts them down or is gone.
 """
 import os
 import re
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils import signal_handling
 from torch.utils.data._utils.collate import default_collate
 
 from toolkit.data.sharding import shard_indices, steps_per_epoch
@@ -69,6 +76,12 @@ class EpochIndexed(Dataset):
             if where not in text:
                 text = f"{where}: {text}"
             return LoadFailure(f"training data: {text}")
+
+
+def ignore_stop_signals(worker_id):
+    """worker_init_fn: a stop signal is the training process's to handle (see above)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def collate_or_failure(items):
@@ -131,7 +144,12 @@ class TrainLoader:
             # fork: workers start in milliseconds and share the dataset's memory; they
             # never touch MPI or Horovod, only the dataset.
             extra = dict(persistent_workers=True, prefetch_factor=PREFETCH_BATCHES,
-                         multiprocessing_context="fork")
+                         multiprocessing_context="fork", worker_init_fn=ignore_stop_signals)
+            # torch's SIGCHLD handler raises a worker's death at whatever line the training
+            # process is executing (in the middle of a collective, say). Without it the
+            # loader finds a dead worker while waiting for its batch (within 5 s), where
+            # _CheckedBatches turns it into one DataReadError.
+            signal_handling._SIGCHLD_handler_set = True
         # A private generator: creating an epoch's iterator must not draw from the global
         # torch RNG, whose state a checkpoint carries for the model's own randomness.
         self.loader = DataLoader(EpochIndexed(dataset), batch_sampler=self.sampler,
@@ -169,10 +187,8 @@ class _CheckedBatches:
                 batch = next(iterator)
             except StopIteration:
                 return
-            except RuntimeError as exc:
-                if "DataLoader worker" not in str(exc):
-                    raise
-                raise DataReadError(self._dead_worker_message(exc, position)) from None
+            except Exception as exc:  # a dead worker, or its half-written batch
+                raise DataReadError(self._loader_failure_message(exc, position)) from None
             if isinstance(batch, LoadFailure):
                 raise DataReadError(batch.message)
             yield batch
@@ -183,12 +199,17 @@ class _CheckedBatches:
         more = f" and {len(names) - 1} more" if len(names) > 1 else ""
         return f"{names[0]}{more}"
 
-    def _dead_worker_message(self, exc, position):
-        match = _DEAD_WORKER.search(str(exc))
+    def _loader_failure_message(self, exc, position):
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sampler = self.owner.sampler
+        where = (f"while loading batch {sampler.start_step + position + 1} of epoch "
+                 f"{sampler.epoch + 1} "
+                 f"({self._files_of(position)})")
+        if "DataLoader worker" not in text:
+            # A worker killed while sending a batch leaves a truncated message behind.
+            return f"training data: the loader failed ({type(exc).__name__}: {text}) {where}"
+        match = _DEAD_WORKER.search(text)
         pid = f" (pid {match.group(1).strip()})" if match else ""
-        how = str(exc).splitlines()[0]
-        signal = how[how.index("killed by signal"):] if "killed by signal" in how else \
+        how = text[text.index("killed by signal"):] if "killed by signal" in text else \
             "exited unexpectedly"
-        return (f"training data: a loader worker{pid} died ({signal.rstrip('. ')}) while "
-                f"loading batch {position + 1} of epoch {self.owner.sampler.epoch + 1} "
-                f"({self._files_of(position)})")
+        return f"training data: a loader worker{pid} died ({how.rstrip('. ')}) {where}"
