@@ -1,11 +1,13 @@
 """Optimizers, clipping, the fp16 loss scale and mixed precision: unit checks of the update
 rules, AdamW under every strategy on 2 real ranks, and bf16 digits runs end to end."""
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from tests.mpi_util import py, run_ranks
-from tests.train_util import summary, train_single
+from tests.train_util import records, summary, train_single
 from toolkit.config import ConfigError, RunConfig
 from toolkit.optim import build_optimizer, optimizer_kind, parse_betas
 from toolkit.precision import LossScale, autocast
@@ -113,18 +115,25 @@ def _final_model(out):
     return torch.load(summary(out)["checkpoint"], weights_only=False)["model"]
 
 
+@pytest.mark.slow
 def test_bf16_digits_trains_like_fp32_and_resumes_exactly(tmp_path):
-    """One process (Horovod of size 1); the same seeds for fp32 and bf16."""
+    """One process (Horovod of size 1); fp32 and bf16 over the same three seeds (a single
+    seed's 359 test images move by 0.28 points per image: measured gaps of one seed reach
+    1.4 points either way, the mean over three stays within one)."""
     common = ["--norm", "inv", "--strategy", "none", "--epochs", "3", "--checkpoint-interval",
               "9", "--workers", "0"]
-    runs = {}
-    for name, extra in (("fp32", []), ("bf16", ["--amp", "bf16"])):
-        proc = train_single(*common, *extra, "--out", tmp_path / name)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[name] = summary(tmp_path / name)
-    assert runs["bf16"]["amp"] == "bf16"
-    assert abs(runs["bf16"]["test_acc"] - runs["fp32"]["test_acc"]) <= 0.01, runs
-    assert runs["bf16"]["test_acc"] > 0.85
+    accuracy = {"off": [], "bf16": []}
+    for seed in (0, 1, 2):
+        for amp in accuracy:
+            out = tmp_path / f"{amp}_{seed}"
+            proc = train_single(*common, "--amp", amp, "--seed", seed, "--out", out)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            s = summary(out)
+            assert s["amp"] == amp and math.isfinite(s["test_loss"])
+            assert all(math.isfinite(r["loss"]) for r in records(out, "interval"))
+            accuracy[amp].append(s["test_acc"])
+    mean = {amp: sum(values) / len(values) for amp, values in accuracy.items()}
+    assert mean["bf16"] > 0.9 and abs(mean["bf16"] - mean["off"]) <= 0.01, accuracy
     sliced = tmp_path / "sliced"
     first = train_single(*common, "--amp", "bf16", "--out", sliced, "--stop-after-epochs", "1")
     assert "stopped by --stop-after-epochs 1" in first.stdout, first.stderr[-3000:]
@@ -133,5 +142,5 @@ def test_bf16_digits_trains_like_fp32_and_resumes_exactly(tmp_path):
     resumed = train_single(*common, "--amp", "bf16", "--workers", "1", "--out", sliced,
                            "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight, again = _final_model(tmp_path / "bf16"), _final_model(sliced)
+    straight, again = _final_model(tmp_path / "bf16_0"), _final_model(sliced)
     assert all(torch.equal(straight[k], again[k]) for k in straight)
