@@ -129,6 +129,7 @@ def _final_model(out):
 
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_training_is_bit_identical_for_any_workers_and_across_a_resume(tmp_path):
     """0 workers straight through vs 2 workers for epoch 1, then resumed with 1 worker."""
     root = write_tree(tmp_path / "tree")
