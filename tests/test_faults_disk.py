@@ -86,11 +86,19 @@ def assert_one_line(code, stderr, *needles):
     return lines[0]
 
 
+def umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def assert_first_checkpoint_kept(out):
     kept = checkpoints(out)
     assert [p.name for p in kept] == ["ckpt-00000005.pt"], kept
     assert assert_intact(kept[0])["step"] == 5
     assert no_temporary_files(out) == []
+    # Like every other output (a group can resume a shared run), not 0600.
+    assert kept[0].stat().st_mode & 0o777 == 0o666 & ~umask()
 
 
 @pytest.mark.parametrize("case", ["disk-checkpoint"])

@@ -7,12 +7,18 @@ the real training (launch.train on digits, tiny sizes) through slurm/train.sbatc
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
+import torch
 
 from tests.slurm_cluster import SlurmCluster
+from toolkit.launcher import launcher_env
 from toolkit.scaling.slurm_jobs import submit, wait_for_jobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,3 +146,158 @@ def test_sweep_and_report(cluster, tmp_path):
                            cwd=REPO, env=cluster.env(), capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and again.stdout.count("finished (summary.json)") == 8
+
+
+# ---- stopping jobs cleanly (docs/faults.md) ------------------------------------------------
+
+LONG = ["--model", "small_cnn", "--norm", "bn", "--dataset", "digits", "--epochs", "200",
+        "--log-interval", "5", "--checkpoint-interval", "5", "--strategy", "dasgd"]
+STOP_LINE = re.compile(r"stopped by (\S+) at step (\d+): checkpoint (\S+);")
+
+
+def submit_template(cluster, run_dir, launcher, train, *sbatch_args, extra_env=""):
+    os.makedirs(run_dir, exist_ok=True)
+    return submit(["sbatch", "--ntasks=2", "--cpus-per-task=1", "--job-name", f"f-{launcher}",
+                   f"--output={run_dir}/slurm-%j.out", *sbatch_args,
+                   f"--export=ALL,TOOLKIT_LAUNCHER={launcher}{extra_env}",
+                   TEMPLATE, *train, "--out", run_dir], cwd=REPO, env=cluster.env())
+
+
+def training_pids(run_dir):
+    """pids of this run's ranks (and launchers) on the node, found by their --out."""
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "launch.train" in cmd and str(run_dir) in cmd:
+            pids.append(p.info["pid"])
+    return pids
+
+
+def wait_until(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def assert_clean_stop(run_dir, log, stop_signal):
+    """The log ends with the stop line, the final line and the exit line; the checkpoint of
+    the stop step loads; summary.json records the stop."""
+    tail = [line for line in log.splitlines() if line.strip()][-4:]
+    stops = [i for i, line in enumerate(tail) if STOP_LINE.search(line)]
+    assert stops and "final: " in tail[-2] and \
+        tail[-1].startswith("train.sbatch: launcher exited with code 0"), "\n".join(tail)
+    by, step, path = STOP_LINE.search(tail[stops[0]]).groups()
+    assert by == stop_signal
+    state = torch.load(path, weights_only=False)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert state["step"] == summary["steps"] == int(step) and summary["stopped_by"] == by
+    assert "Traceback" not in log and "error:" not in log
+
+
+@pytest.mark.parametrize("case, launcher", [("sbatch-usr1-srun", "srun"),
+                                            ("sbatch-usr1-mpirun", "mpirun")])
+def test_stop_signal_to_the_job_checkpoints_under_both_launchers(cluster, tmp_path, case,
+                                                                 launcher):
+    """What `sbatch --signal=B:USR1@T` and `scancel --batch --signal=USR1` do: the script's
+    handler forwards the stop to srun or mpirun, which pass it to every rank."""
+    run_dir = tmp_path / case
+    job = submit_template(cluster, run_dir, launcher, LONG)
+    ckpts = run_dir / "checkpoints"
+    assert wait_until(lambda: ckpts.is_dir() and any(ckpts.iterdir()), JOB_TIMEOUT), \
+        job_log(run_dir)[-3000:]
+    pids = training_pids(run_dir)
+    assert len(pids) >= 2, pids
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env(), check=True)
+    state, code = wait_for_jobs([job], timeout=120, env=cluster.env(), poll_s=0.5)[job]
+    log = job_log(run_dir)
+    assert state == "COMPLETED" and code == "0:0", f"{state} {code}\n{log[-3000:]}"
+    assert_clean_stop(run_dir, log, "SIGUSR1")
+    assert wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 10), pids
+
+
+@pytest.mark.parametrize("case", ["sbatch-time-limit"])
+def test_time_limit_warning_fits_a_short_job(cluster, tmp_path, case):
+    """A 1-minute job: the template warns the ranks 30 s before the limit (not 120 s, which
+    would be before the start), so they checkpoint and the job completes."""
+    run_dir = tmp_path / case
+    job = submit_template(cluster, run_dir, "srun", LONG, "--time=1")
+    state, code = wait_for_jobs([job], timeout=JOB_TIMEOUT, env=cluster.env(), poll_s=0.5)[job]
+    log = job_log(run_dir)
+    assert state == "COMPLETED" and code == "0:0", f"{state} {code}\n{log[-3000:]}"
+    assert "the ranks are asked to stop 30 s before the limit" in log
+    assert_clean_stop(run_dir, log, "SIGUSR1")
+
+
+@pytest.mark.parametrize("case", ["sbatch-early-signal"])
+def test_signal_during_the_set_up_is_not_lost(cluster, tmp_path, case):
+    """A stop while the job still captures its environment (an empty cache: the real
+    `horovodrun --check-build` takes seconds) ends the job cleanly without starting it."""
+    run_dir = tmp_path / case
+    job = submit_template(cluster, run_dir, "srun", LONG,
+                          extra_env=f",TOOLKIT_CACHE_DIR={tmp_path / 'empty-cache'}")
+    assert wait_until(lambda: os.path.exists(run_dir) and any(
+        f.startswith("slurm-") for f in os.listdir(run_dir)), 60)
+    assert wait_until(lambda: "environment capture" in job_log(run_dir), 60)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env(), check=True)
+    state, code = wait_for_jobs([job], timeout=120, env=cluster.env(), poll_s=0.5)[job]
+    log = job_log(run_dir)
+    assert state == "COMPLETED" and code == "0:0", f"{state} {code}\n{log[-3000:]}"
+    tail = [line for line in log.splitlines() if line.strip()][-2:]
+    assert "stopped by SIGUSR1 before the training started" in tail[0], "\n".join(tail)
+    assert tail[1].startswith("train.sbatch: launcher exited with code 0"), tail[1]
+    assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("case, how", [("usr1-srun", "SIGUSR1"), ("term-srun", "SIGTERM"),
+                                       ("timeout-srun", "timeout")])
+def test_stopping_srun(cluster, tmp_path, case, how):
+    """srun forwards SIGUSR1 as it is: a clean stop. SIGTERM (also from `timeout`) makes
+    srun cancel the step: the ranks get SIGCONT and SIGTERM, take the first as their stop
+    request, and have the cluster's KillWait (5 s on this test cluster, 30 s by default)
+    before SIGKILL. Either way nothing is left and the newest checkpoint is whole."""
+    run_dir = tmp_path / case
+    prefix = ["timeout", "-s", "TERM", "3600"] if how == "timeout" else []
+    argv = [*prefix, "srun", "--mpi=pmix", "--ntasks=2", "--cpus-per-task=1", sys.executable,
+            "-m", "launch.train", "--threads", "1", *LONG, "--out", str(run_dir)]
+    env = cluster.env(launcher_env({"PYTHONPATH": REPO}))
+    job = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        ckpts = run_dir / "checkpoints"
+        assert wait_until(lambda: (ckpts.is_dir() and any(ckpts.iterdir())) or
+                          job.poll() is not None, JOB_TIMEOUT)
+        pids = training_pids(run_dir)
+        # timeout's SIGALRM is its expiry: it then sends SIGTERM to srun
+        job.send_signal({"SIGUSR1": signal.SIGUSR1, "SIGTERM": signal.SIGTERM,
+                         "timeout": signal.SIGALRM}[how])
+        stdout, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert "Traceback" not in stderr and "error: rank" not in stderr, stderr[-3000:]
+    assert wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 10), pids
+    newest = sorted(ckpts.glob("ckpt-*.pt"))[-1]
+    state = torch.load(newest, weights_only=False)
+    assert not list(ckpts.glob(".tmp*"))
+    if how == "SIGUSR1":
+        assert job.returncode == 0, stderr[-3000:]
+        (by, step, path), = STOP_LINE.findall(stdout)
+        assert by in ("SIGUSR1", "a signal on another rank") and path == str(newest)
+        assert state["step"] == int(step)
+    else:
+        assert job.returncode == (124 if how == "timeout" else 143) or job.returncode > 128
+
+
+@pytest.mark.parametrize("case", ["srun-mpi-none"])
+def test_srun_without_pmi_is_refused_in_one_line(cluster, tmp_path, case):
+    run_dir = str(tmp_path / case)
+    state, code = run_template(cluster, run_dir, "srun", extra_env=",TOOLKIT_SRUN_MPI=none")
+    log = job_log(run_dir)
+    assert state == "FAILED" and code.startswith("2:"), (state, code, log[-2000:])
+    last = [line for line in log.splitlines() if line.strip()][-1]
+    assert last.startswith("train.sbatch: error: TOOLKIT_SRUN_MPI=none starts 2 independent"), last
+    assert not os.path.exists(os.path.join(run_dir, "summary.json"))

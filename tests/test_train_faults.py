@@ -30,6 +30,7 @@ def _digest(path):
     (["--batch-size", "5000"], "--batch-size 5000"),
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "-1"], "--lr"),
+    (["--lr", "inf"], "--lr"),
     pytest.param(["--device", "cuda"], "--device cuda: no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
@@ -192,3 +193,13 @@ def test_resuming_an_older_checkpoint_never_deletes_newer_ones(tmp_path):
     ckpts = Checkpointer(str(out / "checkpoints"), keep=1)
     written = ckpts.save({"step": 1}, 1)  # older than both: only itself is kept up to step 1
     assert os.path.exists(written) and first.exists() and second.exists()
+
+
+def test_debug_shows_the_traceback_before_the_one_line(tmp_path):
+    proc = train_single("--epochs", "1", "--norm", "bn", "--strategy", "none", "--debug",
+                        "--dataset", "cifar10", "--data-dir", tmp_path / "missing",
+                        "--out", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert str(tmp_path / "missing") in _one_error_line(proc)
