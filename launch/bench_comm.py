@@ -120,6 +120,7 @@ def run_job(net, args, transport, strategies, out_dir, *, probe=0, sizes=False, 
                            "--rounds", rounds or args.rounds, "--block-steps", args.block_steps,
                            "--period", args.period, "--delay", args.delay,
                            "--threads", args.threads, "--probe-allreduce", probe,
+                           "--device", args.device,
                            *(["--probe-sizes"] if probe and sizes else []),
                            *(["--comm-cpu", args.comm_cpu] if args.comm_cpu is not None
                              else []))
@@ -165,6 +166,8 @@ def calibrate(net, args, transport, out_dir, say, start_rate=None):
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    from toolkit.bench.device import check_device
+    check_device(args.device)
     if args.rate is not None:
         try:
             rate_bits_per_s(args.rate)
@@ -290,6 +293,10 @@ def parser():
                    help="emulate a node with a core to spare for communication: in every rank "
                         "the threads hvd.init() started run on this CPU, compute on the others "
                         "(default: no pinning)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, or cuda: one GPU per rank (needs a Horovod built with NCCL; NCCL "
+                        "talks over NVLink/PCIe, not the rate-limited loopback, unless "
+                        "NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1)")
     p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")
     return p
 

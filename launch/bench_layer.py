@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--no-table", action="store_true", help="skip the per-layer table")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="cpu, or cuda (timed with CUDA events; without the CPU analyses: "
+                        "floor and per-layer table)")
     args = p.parse_args(argv)
     for name in ("batch", "threads", "steps", "image_size"):
         if getattr(args, name) < 1:
@@ -63,6 +66,10 @@ def verdict(name, value):
 
 def main(argv=None):
     args = parse_args(argv)
+    from toolkit.bench.device import benchmark_device
+    device = benchmark_device(args.device, needs_cuda_kernels=True)
+    if device.type == "cuda":
+        return cuda_main(args, device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from toolkit.bench.layer import (floor_estimate, format_table, layer_table, make_batch,
@@ -99,6 +106,36 @@ def main(argv=None):
         rows = layer_table(nets["inv"], x)
         result["layers"] = rows
         print(format_table(rows))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return result
+
+
+def cuda_main(args, device):
+    """The step times and their ratios on a GPU (the floor and the per-layer table measure
+    BLAS, LAPACK and the CPU profiler, so they stay CPU analyses)."""
+    from toolkit.bench.layer import make_batch, step_times
+    torch.manual_seed(args.seed)
+    nets = {name: net.to(device) for name, net in build_models(args).items()}
+    x, y = (t.to(device) for t in make_batch(args.batch, args.image_size, seed=args.seed))
+    print(f"{args.model}, batch {args.batch}, {torch.cuda.get_device_name(device)}, "
+          f"{args.steps} interleaved rounds (median, CUDA events)", flush=True)
+    medians, samples = step_times(nets, x, y, steps=args.steps, warmup=args.warmup,
+                                  periods={"inv_k10": PERIOD})
+    result = dict(model=args.model, batch=args.batch, steps=args.steps, device=str(device),
+                  gpu=torch.cuda.get_device_name(device), bn_step_s=medians["bn"],
+                  inv_step_s=medians["inv"], inv_k10_step_s=medians["inv_k10"],
+                  ref_step_s=medians["ref"], inv_over_bn=medians["inv"] / medians["bn"],
+                  inv_over_bn_k10=medians["inv_k10"] / medians["bn"],
+                  ref_over_inv=medians["ref"] / medians["inv"], samples_s=samples,
+                  torch=torch.__version__, host=platform.node())
+    print(f"step (s): bn {medians['bn']:.4f}  inv {medians['inv']:.4f}  inv k={PERIOD} "
+          f"{medians['inv_k10']:.4f}  ref {medians['ref']:.4f}")
+    for name in ("inv_over_bn_k10", "ref_over_inv"):
+        print(verdict(name, result[name]), flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -16,7 +16,6 @@
 # CUDA_BUILD_TESTS (the pytest selection run at the end; empty skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 SCRIPT_NAME=cuda-build
 # shellcheck source=scripts/cuda_common.sh
 . scripts/cuda_common.sh
@@ -64,9 +63,9 @@ stage_tree() {
 build() {
     say "building toolkit._C (CUDAExtension, TORCH_CUDA_ARCH_LIST=$ARCHS) in $TREE; log: $TREE/build.log"
     local start=$SECONDS
-    if ! (cd "$TREE" && PATH="$REPO/$VENV/bin:$PATH" \
+    if ! (cd "$TREE" && PATH="$VENV/bin:$PATH" \
             TORCH_CUDA_ARCH_LIST="$ARCHS" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-            "$REPO/$PY" setup.py build_ext --inplace >build.log 2>&1); then
+            "$PY" setup.py build_ext --inplace >build.log 2>&1); then
         grep -E "error|Error" "$TREE/build.log" | head -20 >&2
         fail "the CUDA build failed; full log: $TREE/build.log"
     fi
@@ -87,7 +86,7 @@ check_build() {
     local archs
     archs=$(echo "$ARCHS" | tr ';' '\n' | sed 's/+PTX//; s/\.//' | paste -sd, -)
     say "checking the build in a process without a GPU (CUDA_VISIBLE_DEVICES empty)"
-    (cd "$TREE" && CUDA_VISIBLE_DEVICES="" "$REPO/$PY" \
+    (cd "$TREE" && CUDA_VISIBLE_DEVICES="" "$PY" \
         scripts/check_cuda_build.py --archs "$archs" --json cuda_build_check.json) \
         || fail "the CUDA build checks failed (see above; report: $TREE/cuda_build_check.json)"
 }
@@ -96,7 +95,7 @@ run_tests() {
     [ -n "$TESTS" ] || return 0
     say "CPU tests of the layer against the CUDA build: $TESTS"
     # shellcheck disable=SC2086  # TESTS is a list of paths and globs, expanded inside TREE
-    (cd "$TREE" && CUDA_VISIBLE_DEVICES="" "$REPO/$PY" -m pytest -q -p no:cacheprovider $TESTS) \
+    (cd "$TREE" && CUDA_VISIBLE_DEVICES="" "$PY" -m pytest -q -p no:cacheprovider $TESTS) \
         || fail "tests failed against the CUDA build"
 }
 

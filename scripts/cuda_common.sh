@@ -3,8 +3,8 @@
 # shellcheck shell=bash disable=SC2034  # the variables are for the scripts that source this
 
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-VENV=${CUDA_VENV:-.venv-cuda}
-TREE=${CUDA_TREE:-build/cuda-tree}
+VENV=$(readlink -m "${CUDA_VENV:-.venv-cuda}")
+TREE=$(readlink -m "${CUDA_TREE:-build/cuda-tree}")
 INDEX_URL=${CUDA_INDEX_URL:-https://pypi.org/simple}
 PY=$VENV/bin/python
 STAMPS=$VENV/.stamps

@@ -33,7 +33,7 @@ nccl_dirs() {
         fail "no NCCL in $VENV (nvidia/nccl): install the nvidia-nccl-cu13 package"
     fi
     NCCL_INCLUDE=$nccl/include
-    NCCL_LINK_DIR=$(readlink -f "$TREE")/nccl-link
+    NCCL_LINK_DIR=$TREE/nccl-link
     mkdir -p "$NCCL_LINK_DIR"
     ln -sf "$nccl/lib/libnccl.so.2" "$NCCL_LINK_DIR/libnccl.so"
     say "NCCL $(sed -n 's/^#define NCCL_\(MAJOR\|MINOR\|PATCH\) *\([0-9]*\).*/\2/p' "$NCCL_INCLUDE/nccl.h" | paste -sd. -) from $nccl"
@@ -51,7 +51,7 @@ build_horovod() {
     mkdir -p "$(dirname "$LOG")"
     say "building horovod==$HOROVOD_VERSION with HOROVOD_GPU_OPERATIONS=NCCL (CC $CC_LIST); log: $LOG"
     local start=$SECONDS
-    if ! PATH="$(readlink -f "$VENV")/bin:$CUDA_HOME/bin:$PATH" \
+    if ! PATH="$VENV/bin:$CUDA_HOME/bin:$PATH" \
         HOROVOD_CUDA_HOME="$CUDA_HOME" HOROVOD_GPU_OPERATIONS=NCCL \
         HOROVOD_NCCL_INCLUDE="$NCCL_INCLUDE" HOROVOD_NCCL_LIB="$NCCL_LINK_DIR" HOROVOD_NCCL_LINK=SHARED \
         HOROVOD_BUILD_CUDA_CC_LIST="$CC_LIST" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 \
@@ -70,7 +70,7 @@ build_horovod() {
 
 check_build() {
     local out
-    out=$(PATH="$(readlink -f "$VENV")/bin:$PATH" horovodrun --check-build 2>&1) \
+    out=$(PATH="$VENV/bin:$PATH" horovodrun --check-build 2>&1) \
         || fail "horovodrun --check-build failed: $(echo "$out" | tail -1)"
     echo "$out"
     echo "$out" | grep -q "\[X\] NCCL" || fail "horovodrun --check-build does not list NCCL"

@@ -18,7 +18,6 @@
 # GPU or the arguments are wrong (nothing is installed then).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-REPO=$PWD
 SCRIPT_NAME=gpu-check
 # shellcheck source=scripts/cuda_common.sh
 . scripts/cuda_common.sh
@@ -53,13 +52,13 @@ run_step() {
     if [ "$rc" -eq 0 ]; then say "$name: ok"; else say "$name: FAILED (exit $rc), see $OUT/$name.log"; fi
     return "$rc"
 }
-in_tree() { (cd "$TREE" && "$REPO/$PY" "$@"); }
-horovodrun_in_tree() { (cd "$TREE" && PATH="$REPO/$VENV/bin:$PATH" horovodrun "$@"); }
+in_tree() { (cd "$TREE" && "$PY" "$@"); }
+horovodrun_in_tree() { (cd "$TREE" && PATH="$VENV/bin:$PATH" horovodrun "$@"); }
 
 # The main job (small CNN, invariance layer, DaSGD, the digits), one GPU per rank.
 dasgd_run() {
     local ranks=$1
-    horovodrun_in_tree -np "$ranks" -H "localhost:$ranks" "$REPO/$PY" -m launch.train \
+    horovodrun_in_tree -np "$ranks" -H "localhost:$ranks" "$PY" -m launch.train \
         --device cuda --model small_cnn --dataset digits --norm inv --strategy dasgd \
         --out "$OUT/dasgd"
 }

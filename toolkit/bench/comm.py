@@ -174,26 +174,33 @@ def synthetic_batches(count, batch_size, channels, image_size, num_classes, seed
             for _ in range(count)]
 
 
-def probe_allreduce(hvd, numel, repeats):
+def probe_allreduce(hvd, numel, repeats, device="cpu"):
     """Seconds per blocking average of `numel` floats (the size DaSGD sends per round)."""
-    buf = torch.zeros(numel)
+    buf = torch.zeros(numel, device=device)
     hvd.allreduce_(buf, op=hvd.Average, name="bench.probe")  # connection set-up
     times = []
     for i in range(repeats):
         start = time.perf_counter()
         hvd.allreduce_(buf, op=hvd.Average, name="bench.probe")
+        _finish_gpu_work(buf)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def probe_sizes(hvd, numel, fractions, repeats):
+def _finish_gpu_work(t):
+    """CUDA kernels run asynchronously: a time read before they finish is their launch's."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
+def probe_sizes(hvd, numel, fractions, repeats, device="cpu"):
     """[{workers, bytes, seconds}] of blocking averages of `fractions` of the model: the
     points from which `launch.scaling project` fits latency and bandwidth."""
     points = []
     for fraction in fractions:
         n = max(1, int(numel * fraction))
         points.append({"workers": hvd.size(), "bytes": 4 * n,
-                       "seconds": probe_allreduce(hvd, n, repeats)})
+                       "seconds": probe_allreduce(hvd, n, repeats, device)})
     return points
 
 
@@ -206,7 +213,7 @@ class _Contender:
         torch.manual_seed(args.seed)
         self.name = name
         self.model = build_model(args.model, num_classes=10, in_channels=3,
-                                 image_size=args.image_size, norm="bn")
+                                 image_size=args.image_size, norm="bn").to(args.device)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                     weight_decay=5e-4)
         if name in PEER_NAMES:
@@ -222,10 +229,12 @@ class _Contender:
 
     def step(self, x, y, loss_fn, timed):
         wait_before = self.strategy.comm_wait_s
+        _finish_gpu_work(x)
         start = time.perf_counter()
         self.strategy.optimizer.zero_grad()
         loss_fn(self.forward(x), y).backward()
         self.strategy.step()
+        _finish_gpu_work(x)
         if timed:
             self.times.append(time.perf_counter() - start)
             self.waits.append(self.strategy.comm_wait_s - wait_before)
@@ -238,6 +247,8 @@ def run_worker(args):
     from toolkit.bench.peers import PEER_NAMES, init_torch_distributed
     from toolkit.strategies import make_strategy
     hvd = init_horovod()
+    from toolkit.bench.device import benchmark_device
+    benchmark_device(args.device, local_rank=hvd.local_rank())  # cuda: this rank's GPU
     if args.comm_cpu is not None:
         give_communication_a_core(args.comm_cpu, communication_threads())
     torch.set_num_threads(args.threads)
@@ -251,6 +262,7 @@ def run_worker(args):
         c.cpu = CpuSplit(comm_threads)
     batches = synthetic_batches(4, args.batch_size, 3, args.image_size, 10,
                                 seed=args.seed * 1000 + hvd.rank())
+    batches = [(x.to(args.device), y.to(args.device)) for x, y in batches]
     loss_fn = torch.nn.CrossEntropyLoss()
     step = 0
     for rnd in range(args.rounds):
@@ -276,8 +288,9 @@ def run_worker(args):
     model = contenders[0].model
     numel = sum(p.numel() for p in model.parameters()) + sum(
         b.numel() for b in model.buffers() if b.is_floating_point())
-    probe = probe_allreduce(hvd, numel, args.probe_allreduce) if args.probe_allreduce else None
-    sizes = probe_sizes(hvd, numel, SIZE_FRACTIONS, args.probe_allreduce) \
+    probe = probe_allreduce(hvd, numel, args.probe_allreduce, args.device) \
+        if args.probe_allreduce else None
+    sizes = probe_sizes(hvd, numel, SIZE_FRACTIONS, args.probe_allreduce, args.device) \
         if args.probe_allreduce and args.probe_sizes else None
     if hvd.rank() == 0:
         result = {"model": args.model, "ranks": hvd.size(), "batch_per_rank": args.batch_size,
@@ -329,6 +342,7 @@ def worker_parser():
     p.add_argument("--delay", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: this local rank's GPU")
     p.add_argument("--comm-cpu", type=int, default=None,
                    help="pin the threads hvd.init() started to this CPU and compute to the "
                         "others (emulates a core to spare for communication)")

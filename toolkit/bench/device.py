@@ -19,14 +19,26 @@ def exit_bad_input(message):
 
 
 def benchmark_device(name, *, needs_cuda_kernels=False, local_rank=0):
-    """torch.device for --device `name`, or exit 2 with one line when it cannot run here.
+    """torch.device for --device `name` (cuda: this local rank's GPU, made the current one),
+    or exit 2 with one line when it cannot run here."""
+    check_device(name, needs_cuda_kernels=needs_cuda_kernels)
+    if name == "cpu":
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def check_device(name, *, needs_cuda_kernels=False):
+    """Exit 2 with one line unless --device `name` can run here; creates no CUDA context, so a
+    launcher can check before it starts its ranks.
 
     needs_cuda_kernels: the benchmark runs toolkit._C's ops, so on a GPU the extension must
     have been built with CUDA (scripts/cuda_build.sh), not the CPU build."""
     if name not in DEVICES:
         exit_bad_input(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "cpu":
-        return torch.device("cpu")
+        return
     if torch.version.cuda is None:
         exit_bad_input(f"--device cuda: torch {torch.__version__} is a CPU build (the CUDA "
                        "stack: scripts/gpu_check.sh)")
@@ -37,9 +49,6 @@ def benchmark_device(name, *, needs_cuda_kernels=False, local_rank=0):
         if not ext.with_cuda:
             exit_bad_input(f"--device cuda: {ext.__file__} was built without CUDA "
                            "(scripts/cuda_build.sh builds it with CUDA)")
-    device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    torch.cuda.set_device(device)
-    return device
 
 
 def timed(fn, device):

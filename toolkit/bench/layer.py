@@ -50,7 +50,8 @@ def train_step(model, optimizer, x, y):
 def step_times(models, x, y, steps=5, warmup=2, lr=0.1, periods=None):
     """Median seconds per training step of each model; rounds interleave the models.
     periods[name] = p: that model runs p consecutive steps per round (a whole stats_every
-    period) and its sample is their mean."""
+    period) and its sample is their mean. On a GPU (x on CUDA) with CUDA events."""
+    from toolkit.bench.device import timed
     periods = periods or {}
     opts = {name: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for name, m in
             models.items()}
@@ -62,10 +63,11 @@ def step_times(models, x, y, steps=5, warmup=2, lr=0.1, periods=None):
     for _ in range(steps):
         for name, model in models.items():
             p = periods.get(name, 1)
-            t0 = time.perf_counter()
-            for _ in range(p):
-                train_step(model, opts[name], x, y)
-            times[name].append((time.perf_counter() - t0) / p)
+
+            def period(model=model, name=name, p=p):
+                for _ in range(p):
+                    train_step(model, opts[name], x, y)
+            times[name].append(timed(period, x.device) / p)
     return {name: statistics.median(t) for name, t in times.items()}, times
 
 
