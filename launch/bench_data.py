@@ -142,8 +142,8 @@ def markdown(result, command):
     needed = result["workers_needed"]
     lines += ["", f"Workers needed to feed this step (from the best per-worker rate): "
               f"{needed if needed is not None else 'n/a (no worker count > 0 measured)'}.",
-              "", f"Measured on {result['host']} ({result['cores']} usable cores), torch "
-              f"{result['torch']}. The loader and the step were timed separately; during "
+              "", f"Measured on {result['host']} ({result['cores']} usable cores, load average "
+              f"{result['load_average']:.1f} at the end), torch {result['torch']}. The loader and the step were timed separately; during "
               f"training the workers share the cores with the compute threads.", ""]
     return "\n".join(lines)
 
@@ -188,7 +188,8 @@ def main(argv=None):
                   source_size=args.source_size, image_size=args.image_size, batch=args.batch,
                   model=args.model, norm=args.norm, step_source=source,
                   consume_images_per_s=consume, loader={str(n): r for n, r in rows.items()},
-                  workers_needed=needed, cores=cores, host=platform.node(),
+                  workers_needed=needed, cores=cores, load_average=os.getloadavg()[0],
+                  host=platform.node(),
                   torch=torch.__version__, python=sys.version.split()[0])
     command = "python -m launch.bench_data " + " ".join(argv if argv is not None
                                                         else sys.argv[1:])
