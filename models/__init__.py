@@ -4,34 +4,45 @@ Every model takes norm = "bn" | "inv" | "none" (see models/layers.py for what ea
 """
 from models.layers import NORMS, check_layer_options, check_norm
 
-MODEL_NAMES = ("small_cnn", "resnet18_cifar", "resnet20", "resnet56", "resnet18", "resnet50",
-               "vgg11", "vgg16", "vit_tiny")
+
+def _small_cnn(image_size, **kw):
+    from models.small_cnn import SmallCNN
+    return SmallCNN(**kw)
 
 
-def _constructor(name):
-    # Imported on demand so that building one model does not import all of them.
-    if name == "small_cnn":
-        from models.small_cnn import SmallCNN
-        return lambda image_size, **kw: SmallCNN(**kw)
-    if name == "resnet18_cifar":
-        from models.resnet import resnet18_cifar
-        return lambda image_size, **kw: resnet18_cifar(**kw)
-    if name in ("resnet20", "resnet56"):
-        from models.resnet import resnet_cifar_thin
-        depth = int(name[len("resnet"):])
-        return lambda image_size, **kw: resnet_cifar_thin(depth, **kw)
-    if name == "resnet18":
-        from models.resnet import resnet18
-        return lambda image_size, **kw: resnet18(**kw)
-    if name == "resnet50":
-        from models.resnet import resnet50
-        return lambda image_size, **kw: resnet50(**kw)
-    if name in ("vgg11", "vgg16"):
+def _resnet(builder_name, *args):
+    def build(image_size, **kw):
+        import models.resnet as resnet
+        return getattr(resnet, builder_name)(*args, **kw)
+    return build
+
+
+def _vgg(depth):
+    def build(image_size, **kw):
         from models.vgg import VGG
-        depth = int(name[len("vgg"):])
-        return lambda image_size, **kw: VGG(depth, image_size=image_size, **kw)
+        return VGG(depth, image_size=image_size, **kw)
+    return build
+
+
+def _vit_tiny(image_size, **kw):
     from models.vit import vit_tiny
-    return lambda image_size, **kw: vit_tiny(image_size=image_size, **kw)
+    return vit_tiny(image_size=image_size, **kw)
+
+
+# name -> builder(image_size, *, num_classes, in_channels, norm, layer_options); each model
+# module is imported when its model is built.
+MODELS = {
+    "small_cnn": _small_cnn,
+    "resnet18_cifar": _resnet("resnet18_cifar"),
+    "resnet20": _resnet("resnet_cifar_thin", 20),
+    "resnet56": _resnet("resnet_cifar_thin", 56),
+    "resnet18": _resnet("resnet18"),
+    "resnet50": _resnet("resnet50"),
+    "vgg11": _vgg(11),
+    "vgg16": _vgg(16),
+    "vit_tiny": _vit_tiny,
+}
+MODEL_NAMES = tuple(MODELS)
 
 
 def build_model(name, *, num_classes, in_channels=3, image_size=32, norm="bn",
@@ -51,8 +62,8 @@ def build_model(name, *, num_classes, in_channels=3, image_size=32, norm="bn",
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     options = check_layer_options(norm, layer_options)
-    return _constructor(name)(image_size, num_classes=num_classes, in_channels=in_channels,
-                              norm=norm, layer_options=options)
+    return MODELS[name](image_size, num_classes=num_classes, in_channels=in_channels,
+                        norm=norm, layer_options=options)
 
 
-__all__ = ["MODEL_NAMES", "NORMS", "build_model"]
+__all__ = ["MODELS", "MODEL_NAMES", "NORMS", "build_model"]

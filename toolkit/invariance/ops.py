@@ -15,7 +15,6 @@ except ImportError as exc:  # the layer has no Python fallback: say how to build
         f"({exc})") from exc
 
 ops = torch.ops.invariance
-WITH_CUDA = bool(_C.with_cuda)
 
 
 def patch_grid(height, width, kernel, padding, dilation, stride, batch):
