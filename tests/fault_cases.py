@@ -84,8 +84,8 @@ CASES = [
          "the stop step"),
     Case("sbatch-usr1-mpirun", "`scancel --batch --signal=USR1`", "sbatch, mpirun",
          "0 (COMPLETED)", "as under srun"),
-    Case("sbatch-time-limit", "`--time=1` (1 minute) for a longer training", "sbatch, srun",
-         "0 (COMPLETED)", "the job's own warning 10 s before the limit stops the ranks; log "
+    Case("sbatch-time-limit", "`--time=2` (2 minutes) for a longer training", "sbatch, srun",
+         "0 (COMPLETED)", "the job's own warning 30 s before the limit stops the ranks; log "
          "ends with the stop, final and exit lines"),
     Case("sbatch-early-signal", "SIGUSR1 while the job sets up (before the launch)",
          "sbatch, srun", "0 (COMPLETED)",

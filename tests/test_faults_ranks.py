@@ -11,7 +11,7 @@ import pytest
 from tests.fault_util import (LONG, Seen, assert_no_traceback, checkpoints, error_lines,
                               finish, start, wait_for)
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 
 def make_imagefolder(root, per_class=12, size=40):
