@@ -33,6 +33,8 @@ def main(argv=None):
                    default=["small_cnn", "vit_tiny"],
                    help="models to run (stats-every; the report covers the runs of all "
                         "models found in DIR/runs.jsonl)")
+    p.add_argument("--report-only", action="store_true",
+                   help="stats-every: report the finished runs of DIR/runs.jsonl, train none")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.study == "stats-every":
@@ -63,7 +65,8 @@ def main(argv=None):
 def stats_every(args):
     from toolkit import stats_every_study as study
     epochs = {"small_cnn": args.epochs, "vit_tiny": args.vit_epochs or args.epochs}
-    rows = study.run_study(args.out, epochs=epochs, seeds=args.seeds, models=args.models)
+    rows = study.run_study(args.out, epochs=epochs, seeds=args.seeds, models=args.models,
+                           train=not args.report_only)
     summary = study.summarise(rows)
     verdict = study.largest_k_that_holds(summary)
     epochs = {m: epochs[m] for m in args.models}

@@ -90,10 +90,11 @@ def train_run(model_name, stats_every, lr, seed, epochs, splits, batch_size=32):
             "diverged": diverged, "seconds": time.perf_counter() - start}
 
 
-def run_study(out_dir, *, epochs, models=MODELS, ks=KS, lrs=LRS, seeds=SEEDS):
+def run_study(out_dir, *, epochs, models=MODELS, ks=KS, lrs=LRS, seeds=SEEDS, train=True):
     """All runs, seed by seed (every k and lr of seed 0 first, so that an interrupted study
     still covers every configuration); skips runs already in runs.jsonl.  epochs: one number, or a dict model -> epochs.  Several processes may run
-    disjoint parts (e.g. one model each) into the same directory: each appends whole lines."""
+    disjoint parts (e.g. one model each) into the same directory: each appends whole lines.
+    train=False: only the runs already finished (a report of a study still running)."""
     torch.set_num_threads(1)
     log = os.path.join(out_dir, "runs.jsonl")
     done = {}
@@ -110,6 +111,8 @@ def run_study(out_dir, *, epochs, models=MODELS, ks=KS, lrs=LRS, seeds=SEEDS):
                 for lr in lrs:
                     n = epochs[model_name] if isinstance(epochs, dict) else epochs
                     key = (model_name, k, lr, seed, n)
+                    if key not in done and not train:
+                        continue
                     if key not in done:
                         done[key] = train_run(model_name, k, lr, seed, n, splits)
                         with open(log, "a") as f:
