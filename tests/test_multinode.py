@@ -72,7 +72,9 @@ def final_line(output):
 def ranks_report(output):
     line = next((x for x in output.splitlines() if "ranks: " in x), None)
     assert line, f"no ranks report in\n{output[-3000:]}"
-    return json.loads(line.split("ranks: ", 1)[1])
+    # horovodrun tags lines by rank, and another rank's tag can land on the same line
+    # (`...}[1,0]<stdout>:`): read the one JSON object and ignore what follows it.
+    return json.JSONDecoder().raw_decode(line.split("ranks: ", 1)[1])[0]
 
 
 def check_placement(report, slots):
