@@ -14,6 +14,7 @@ all points, and the projection's error at each worker count.
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,7 @@ class Nodes:
         self.ssh.stop()
         self.net.remove()
         self.ssh.release_privsep_dir()
+        shutil.rmtree(self.dir, ignore_errors=True)  # keys, configuration, logs
 
     def mpirun(self, p, worker, env, timeout, tag):
         """`worker` on nodes node1..nodeP, one rank each, launched from node1."""
@@ -122,7 +124,12 @@ def main(argv=None):
              f"count, got {args.workers}")
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(f"bench_nodes: stopped by signal {s}"))
     say = lambda *a: print(*a, flush=True)  # noqa: E731
-    out_dir = tempfile.mkdtemp(prefix="bench_nodes_out_")
+    command = "python -m launch.bench_nodes " + " ".join(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="bench_nodes_out_") as out_dir:
+        return _run(args, workers, extra, out_dir, say, command)
+
+
+def _run(args, workers, extra, out_dir, say, command):
     measured, model_bytes = {}, average_bytes(args.model)
     sizes = sorted(set(extra) | {model_bytes})
     with Nodes(max(workers), args.rate) as nodes:
@@ -148,8 +155,7 @@ def main(argv=None):
                      lambda p: measured[p]["step_s"]["none"])
     points = [(pt["workers"], pt["bytes"], pt["seconds"])
               for m in measured.values() for pt in m["allreduce"]]
-    report = {"command": "python -m launch.bench_nodes " + " ".join(
-                  sys.argv[1:] if argv is None else argv),
+    report = {"command": command,
               "rate": args.rate, "link_bytes_per_s": rate_bytes_per_s(args.rate),
               "nodes_max": max(workers), "cores": os.cpu_count(), "model": args.model,
               "model_bytes": model_bytes, "batch_per_rank": args.batch_size,
