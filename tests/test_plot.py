@@ -3,6 +3,8 @@ runs into one PNG and refuses a directory that is not a run (one line, exit 2)."
 import subprocess
 import sys
 
+import pytest
+
 from tests.mpi_util import REPO
 from tests.train_util import train_single
 from toolkit.plot import load_run
@@ -20,12 +22,13 @@ def _is_png(path, min_bytes=20_000):
     return data[:8] == PNG_MAGIC and len(data) >= min_bytes  # a figure, not an empty canvas
 
 
+@pytest.mark.slow
 def test_training_writes_its_plot_and_launch_plot_draws_two_runs(tmp_path):
     runs = []
     for name, extra in (("sgd", []), ("adamw", ["--optimizer", "adamw", "--lr", "0.003"])):
         out = tmp_path / name
-        proc = train_single("--norm", "bn", "--strategy", "none", "--epochs", "2", "--max-steps", "30",
-                            "--workers", "0", "--out", out, *extra)
+        proc = train_single("--norm", "bn", "--strategy", "none", "--epochs", "2",
+                            "--batch-size", "64", "--workers", "0", "--out", out, *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"plot: {out}/plot.png" in proc.stdout
         assert _is_png(out / "plot.png")
