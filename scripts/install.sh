@@ -16,8 +16,14 @@ say() { echo "[install] $*"; }
 done_already() { [ -f "$STAMPS/$1" ]; }
 stamp() { mkdir -p "$STAMPS"; touch "$STAMPS/$1"; }
 
-# 1. System MPI (Open MPI from Debian): mpicc for mpi4py, libmpi for Horovod, mpirun.
-if ! dpkg -s openmpi-bin libopenmpi-dev >/dev/null 2>&1; then
+# 1. System MPI: mpicc for mpi4py, libmpi for Horovod, mpirun. An MPI already on PATH (a
+#    cluster's module) is used as it is; otherwise Open MPI comes from Debian's packages.
+if command -v mpicc >/dev/null && command -v mpirun >/dev/null; then
+    say "MPI: $(command -v mpirun)"
+elif ! command -v apt-get >/dev/null; then
+    echo "[install] error: no MPI on PATH (mpicc, mpirun) and no apt-get to install Open MPI: load your cluster's MPI module or install Open MPI, then run this again" >&2
+    exit 2
+elif ! dpkg -s openmpi-bin libopenmpi-dev >/dev/null 2>&1; then
     say "apt: openmpi-bin libopenmpi-dev"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
