@@ -47,6 +47,14 @@ def test_bad_values_are_one_line_config_errors(argv, message):
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
+def test_layer_options_are_checked_together_and_only_with_inv():
+    with pytest.raises(config.ConfigError, match="--inv-\\* options: .*freeze"):
+        parse("--inv-freeze", "--inv-stats-every", "4")
+    with pytest.raises(config.ConfigError, match="--inv-stats-every applies only to --norm inv"):
+        parse("--norm", "bn", "--inv-stats-every", "4")
+    assert parse("--norm", "bn").norm == "bn"
+
+
 def test_resume_keys_include_the_layer_only_with_inv():
     assert "inv_stats_every" in config.RunConfig(norm="inv").resume_keys()
     assert "inv_stats_every" not in config.RunConfig(norm="bn").resume_keys()

@@ -188,7 +188,22 @@ class RunConfig:
         for name in ("inv_sync", "inv_freeze"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "must be true or false", getattr(self, name))
+        self._check_layer_options()
         return self
+
+    def _check_layer_options(self):
+        """The layer's own checks of the --inv-* combination (e.g. freeze with a refresh
+        every k > 1 steps); with another --norm a changed --inv-* option would do nothing."""
+        if self.norm != "inv":
+            for spec in fields(self):
+                if spec.name.startswith("inv_") and getattr(self, spec.name) != spec.default:
+                    _fail(spec.name, "applies only to --norm inv", getattr(self, spec.name))
+            return
+        from toolkit.invariance.options import check_layer_options
+        try:
+            check_layer_options(self.layer_options())
+        except ValueError as exc:
+            raise ConfigError(f"--inv-* options: {exc}") from None
 
     # ---- what other parts read --------------------------------------------------------------
 
