@@ -23,6 +23,7 @@ import tempfile
 
 from toolkit.bench.comm import (check_comm_cpu, format_rate, rate_bits_per_s, ratios,
                                 round_ratio_spread, timeline_rounds)
+from toolkit.emulation.procs import run_in_group
 from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,28 +74,8 @@ class SlowLoopback:
     def run(self, argv, env, timeout):
         """Run a job in the namespace, in its own process group so that a timeout or an
         interrupt takes down mpirun/horovodrun AND their ranks, not just the launcher."""
-        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *argv], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except BaseException:
-            _kill_group(proc)
-            raise
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _kill_group(proc):
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        return run_in_group(["ip", "netns", "exec", self.name, *argv], env=env,
+                            timeout=timeout, cwd=REPO)
 
 
 def _exit_on_sigterm(signum, frame):

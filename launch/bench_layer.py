@@ -107,11 +107,15 @@ def main(argv=None):
         result["layers"] = rows
         print(format_table(rows))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        write_result(args.json, result)
     return result
+
+
+def write_result(path, result):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
 
 
 def cuda_main(args, device):
@@ -137,10 +141,7 @@ def cuda_main(args, device):
     for name in ("inv_over_bn_k10", "ref_over_inv"):
         print(verdict(name, result[name]), flush=True)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        write_result(args.json, result)
     return result
 
 

@@ -37,3 +37,16 @@ def run_ranks(np, argv, *, launcher="mpirun", timeout=300, env=None, check=True,
 def py(script, *args):
     """argv for running a script from tests/workers with this interpreter."""
     return [sys.executable, os.path.join(REPO, "tests", "workers", script), *map(str, args)]
+
+
+def can_make_namespace():
+    """True when this process may create a network namespace (root with iproute2): the
+    emulated slow link of the communication benchmark needs one."""
+    name = f"tkprobe{os.getpid()}"
+    try:
+        made = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+    if made:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return made

@@ -15,67 +15,33 @@ With --nodes N the cluster is the emulated multi-node one of tests/emulated_clus
     python tests/slurm_cluster.py exec DIR node1 CMD...   # run CMD on a node
 """
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 
-PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
-BINARIES = ["slurmctld", "slurmd", "munged", "sbatch", "sinfo", "scontrol", "srun"]
+if __name__ == "__main__":
+    # Run as a script (slurm/local_cluster.sh): make `tests.` and `toolkit.` importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from toolkit.emulation.packages import ensure_programs, which as _which  # noqa: E402
+from toolkit.emulation.procs import alive as _alive, read_pid as _read_pid, stop_pid  # noqa: E402
 
-def _which(name):
-    # Daemons live in /usr/sbin, which is not always on PATH for non-login shells.
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+# program -> the Debian package that provides it
+SLURM_PROGRAMS = {"slurmctld": "slurmctld", "slurmd": "slurmd", "munged": "munge",
+                  "sbatch": "slurm-client", "sinfo": "slurm-client", "scontrol": "slurm-client",
+                  "srun": "slurm-client"}
 
 
 def ensure_installed():
-    """apt-get install the SLURM and munge packages when a binary is missing."""
-    if all(_which(b) for b in BINARIES):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        # A fresh machine has no package lists yet.
-        subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed: "
-                               f"{proc.stderr.strip()[-500:]}")
-    missing = [b for b in BINARIES if not _which(b)]
-    if missing:
-        raise RuntimeError(f"SLURM binaries still missing after install: {', '.join(missing)}")
+    """apt-get install the SLURM and munge packages when a program is missing."""
+    ensure_programs(SLURM_PROGRAMS)
 
 
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _read_pid(path):
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class SlurmCluster:
@@ -234,15 +200,7 @@ class SlurmCluster:
     def stop(self, timeout=20):
         """SIGTERM each daemon by its pid file, SIGKILL after `timeout`. Idempotent."""
         for daemon in self.DAEMONS:
-            pid = _read_pid(self.pid_file(daemon))
-            if not pid or not _alive(pid):
-                continue
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.time() + timeout
-            while _alive(pid) and time.time() < deadline:
-                time.sleep(0.1)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            stop_pid(_read_pid(self.pid_file(daemon)), timeout)
 
 
 def main(argv):
@@ -267,6 +225,4 @@ def _is_emulated(root):
 
 
 if __name__ == "__main__":
-    # Run as a script (slurm/local_cluster.sh): make `tests.` importable.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main(sys.argv[1:]))

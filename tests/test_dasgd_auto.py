@@ -4,28 +4,16 @@ Both jobs run tests/workers/dasgd_auto.py over TCP inside a private network name
 launch.bench_comm does): once with the loopback unlimited, once limited by a token bucket
 filter so that one average takes several emulated steps."""
 import os
-import subprocess
 
 import pytest
 import torch
 
 from launch.bench_comm import SlowLoopback, job_env
-from tests.mpi_util import py
+from tests.mpi_util import can_make_namespace, py
 from toolkit.launcher import mpirun_argv
 from toolkit.strategies.auto_delay import choose_delay
 
 pytestmark = pytest.mark.mpi
-
-
-def _can_make_namespace():
-    name = f"tkprobe{os.getpid()}"
-    try:
-        made = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
-    if made:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return made
 
 
 def _job(out, rate):
@@ -49,7 +37,7 @@ def test_choose_delay_is_the_smallest_sufficient_integer():
 
 @pytest.mark.slow
 def test_auto_delay_agrees_rises_on_a_slow_link_and_survives_resume(tmp_path):
-    if not _can_make_namespace():
+    if not can_make_namespace():
         pytest.skip("`ip netns add` failed: the test needs root and iproute2")
     fast = _job(tmp_path / "fast", None)
     # 2 ranks x 4 MB over 400 Mbit/s: about 0.16 s per average, ~3 steps of 0.05 s

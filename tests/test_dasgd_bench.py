@@ -8,24 +8,13 @@ import sys
 
 import pytest
 
-from tests.mpi_util import REPO
+from tests.mpi_util import REPO, can_make_namespace
 
 pytestmark = pytest.mark.mpi
 
 
-def _can_make_namespace():
-    name = f"tkprobe{os.getpid()}"
-    try:
-        made = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
-    if made:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return made
-
-
 def test_bench_comm_smoke(tmp_path):
-    if not _can_make_namespace():
+    if not can_make_namespace():
         pytest.skip("`ip netns add` failed: the benchmark needs root and iproute2")
     out = tmp_path / "bench.json"
     proc = subprocess.run(

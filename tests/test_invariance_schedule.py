@@ -14,12 +14,8 @@ OPS = torch.ops.invariance
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Bit-for-bit comparisons: the same thread count for every product.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one intra-op thread (tests/conftest.py says why)."""
 
 
 def count_refreshes(layer):

@@ -18,13 +18,8 @@ needs_inv = pytest.mark.skipif(INV_SKIP is not None, reason=INV_SKIP or "")
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # These models are small; on a shared 2-core machine a second OpenMP thread mostly
-    # waits for a busy core (10x slower under load), so run single-threaded.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one intra-op thread (tests/conftest.py says why)."""
 
 # Small inputs keep the whole matrix fast; ImageNet models accept any size >= 32.
 SHAPES = {"small_cnn": (1, 8)}

@@ -11,12 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 import torch
 
+from tests.fault_util import wait_for
 from tests.slurm_cluster import SlurmCluster
 from toolkit.launcher import launcher_env
 from toolkit.scaling.slurm_jobs import submit, wait_for_jobs
@@ -173,15 +173,6 @@ def training_pids(run_dir):
     return pids
 
 
-def wait_until(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def assert_clean_stop(run_dir, log, stop_signal):
     """The log ends with the stop line, the final line and the exit line; the checkpoint of
     the stop step loads; summary.json records the stop."""
@@ -206,7 +197,7 @@ def test_stop_signal_to_the_job_checkpoints_under_both_launchers(cluster, tmp_pa
     run_dir = tmp_path / case
     job = submit_template(cluster, run_dir, launcher, LONG)
     ckpts = run_dir / "checkpoints"
-    assert wait_until(lambda: ckpts.is_dir() and any(ckpts.iterdir()), JOB_TIMEOUT), \
+    assert wait_for(lambda: ckpts.is_dir() and any(ckpts.iterdir()), JOB_TIMEOUT), \
         job_log(run_dir)[-3000:]
     pids = training_pids(run_dir)
     assert len(pids) >= 2, pids
@@ -215,7 +206,7 @@ def test_stop_signal_to_the_job_checkpoints_under_both_launchers(cluster, tmp_pa
     log = job_log(run_dir)
     assert state == "COMPLETED" and code == "0:0", f"{state} {code}\n{log[-3000:]}"
     assert_clean_stop(run_dir, log, "SIGUSR1")
-    assert wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 10), pids
+    assert wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 10), pids
 
 
 @pytest.mark.parametrize("case", ["sbatch-time-limit"])
@@ -238,9 +229,9 @@ def test_signal_during_the_set_up_is_not_lost(cluster, tmp_path, case):
     run_dir = tmp_path / case
     job = submit_template(cluster, run_dir, "srun", LONG,
                           extra_env=f",TOOLKIT_CACHE_DIR={tmp_path / 'empty-cache'}")
-    assert wait_until(lambda: os.path.exists(run_dir) and any(
+    assert wait_for(lambda: os.path.exists(run_dir) and any(
         f.startswith("slurm-") for f in os.listdir(run_dir)), 60)
-    assert wait_until(lambda: "environment capture" in job_log(run_dir), 60)
+    assert wait_for(lambda: "environment capture" in job_log(run_dir), 60)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env(), check=True)
     state, code = wait_for_jobs([job], timeout=120, env=cluster.env(), poll_s=0.5)[job]
     log = job_log(run_dir)
@@ -267,7 +258,7 @@ def test_stopping_srun(cluster, tmp_path, case, how):
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         ckpts = run_dir / "checkpoints"
-        assert wait_until(lambda: (ckpts.is_dir() and any(ckpts.iterdir())) or
+        assert wait_for(lambda: (ckpts.is_dir() and any(ckpts.iterdir())) or
                           job.poll() is not None, JOB_TIMEOUT)
         pids = training_pids(run_dir)
         # timeout's SIGALRM is its expiry: it then sends SIGTERM to srun
@@ -279,7 +270,7 @@ def test_stopping_srun(cluster, tmp_path, case, how):
             job.kill()
             job.communicate()
     assert "Traceback" not in stderr and "error: rank" not in stderr, stderr[-3000:]
-    assert wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 10), pids
+    assert wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 10), pids
     newest = sorted(ckpts.glob("ckpt-*.pt"))[-1]
     state = torch.load(newest, weights_only=False)
     assert not list(ckpts.glob(".tmp*"))

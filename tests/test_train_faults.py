@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from tests.fault_util import wait_for
 from tests.mpi_util import REPO
 from tests.train_util import summary, train_argv, train_ranks, train_single
 from toolkit.launcher import launcher_env, mpirun_argv
@@ -100,15 +101,6 @@ def _rank_pids(job):
             if "launch.train" in " ".join(p.cmdline())]
 
 
-def _wait_for(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def _start_long_run(out):
     args = train_argv("--epochs", "200", "--norm", "bn", "--strategy", "dasgd",
                       "--checkpoint-interval", "5", "--out", out)
@@ -122,7 +114,7 @@ def test_kill_9_one_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path):
     out = tmp_path / "killed"
     job = _start_long_run(out)
     try:
-        assert _wait_for(lambda: len(list((out / "checkpoints").glob("ckpt-*.pt"))) >= 2, 120)
+        assert wait_for(lambda: len(list((out / "checkpoints").glob("ckpt-*.pt"))) >= 2, 120)
         pids = _rank_pids(job)
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
@@ -149,7 +141,7 @@ def test_preemption_signal_checkpoints_and_exits_cleanly(tmp_path, signame):
     out = tmp_path / "preempted"
     job = _start_long_run(out)
     try:
-        assert _wait_for(lambda: len(list((out / "checkpoints").glob("ckpt-*.pt"))) >= 1, 120)
+        assert wait_for(lambda: len(list((out / "checkpoints").glob("ckpt-*.pt"))) >= 1, 120)
         if signame == "SIGUSR1":
             job.send_signal(signal.SIGUSR1)
         else:

@@ -1,11 +1,10 @@
 """Start jobs on the emulated nodes: commands run inside a node, and mpirun / horovodrun
 command lines that place ranks on named nodes over the nodes' own interface."""
 import os
-import signal
-import subprocess
 import sys
 
 from toolkit.emulation.network import NODE_IFACE
+from toolkit.emulation.procs import run_in_group
 from toolkit.launcher import launcher_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,27 +29,7 @@ def node_env(ssh, extra=None, base=None):
 def run_on_node(net, node, argv, env, timeout=600, cwd=REPO):
     """Run argv on `node` in its own process group (a timeout kills the launcher and its
     local ranks, what is left on other nodes dies with its ssh connection)."""
-    proc = subprocess.Popen(net.prefix(node) + list(argv), cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        _kill_group(proc)
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _kill_group(proc):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    return run_in_group(net.prefix(node) + list(argv), env=env, timeout=timeout, cwd=cwd)
 
 
 def host_list(slots):
