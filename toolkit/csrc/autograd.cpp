@@ -43,8 +43,8 @@ struct SampleNorm : public torch::autograd::Function<SampleNorm> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto h = typed<Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double)>(
         "invariance::sample_norm_backward");
-    auto s = ctx->get_saved_variables();
-    auto gx = h.call(grads[0], s[0], s[1], ctx->saved_data["dims"].toInt(),
+    auto saved = ctx->get_saved_variables();
+    auto gx = h.call(grads[0], saved[0], saved[1], ctx->saved_data["dims"].toInt(),
                      ctx->saved_data["eps"].toDouble());
     return {gx, Tensor(), Tensor()};
   }
@@ -62,19 +62,19 @@ Tensor sample_norm_plain(const Tensor& x, int64_t dims, double eps) {
 // The sampled patches X are kept from the forward: the backward needs them for dX = X A.
 struct Moments : public torch::autograd::Function<Moments> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, IntArr k, IntArr p,
-                               IntArr dl, IntArr s, int64_t groups, int64_t block) {
+                               IntArr dl, IntArr sample_stride, int64_t groups, int64_t block) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto patches = typed<Tensor(const Tensor&, IntArr, IntArr, IntArr, IntArr, int64_t,
                                        int64_t)>("invariance::sampled_patches");
     static auto moments = typed<std::tuple<Tensor, Tensor>(const Tensor&)>(
         "invariance::patch_moments");
-    auto X = patches.call(x, k, p, dl, s, groups, block);
+    auto X = patches.call(x, k, p, dl, sample_stride, groups, block);
     auto [mu, S] = moments.call(X);
     ctx->save_for_backward({x, X});
     ctx->saved_data["k"] = k.vec();
     ctx->saved_data["p"] = p.vec();
     ctx->saved_data["dl"] = dl.vec();
-    ctx->saved_data["s"] = s.vec();
+    ctx->saved_data["sample_stride"] = sample_stride.vec();
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["block"] = block;
     return {mu, S};
@@ -89,15 +89,16 @@ struct Moments : public torch::autograd::Function<Moments> {
     auto saved = ctx->get_saved_variables();
     auto gX = moments_bwd.call(grads[0], grads[1], saved[1]);
     auto gx = patches_bwd.call(gX, saved[0], sd["k"].toIntVector(), sd["p"].toIntVector(),
-                               sd["dl"].toIntVector(), sd["s"].toIntVector(),
+                               sd["dl"].toIntVector(), sd["sample_stride"].toIntVector(),
                                sd["groups"].toInt(), sd["block"].toInt());
     return {gx, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 std::tuple<Tensor, Tensor> moments_autograd(const Tensor& x, IntArr k, IntArr p, IntArr dl,
-                                            IntArr s, int64_t groups, int64_t block) {
-  auto out = Moments::apply(x, k, p, dl, s, groups, block);
+                                            IntArr sample_stride, int64_t groups,
+                                            int64_t block) {
+  auto out = Moments::apply(x, k, p, dl, sample_stride, groups, block);
   return {out[0], out[1]};
 }
 
@@ -116,8 +117,8 @@ struct NewtonInvSqrt : public torch::autograd::Function<NewtonInvSqrt> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto h = typed<Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t)>(
         "invariance::inv_sqrt_newton_backward");
-    auto s = ctx->get_saved_variables();
-    return {h.call(grads[0], s[0], s[1], ctx->saved_data["n"].toInt()), Tensor()};
+    auto saved = ctx->get_saved_variables();
+    return {h.call(grads[0], saved[0], saved[1], ctx->saved_data["n"].toInt()), Tensor()};
   }
 };
 
@@ -135,8 +136,8 @@ struct SpectralInvSqrt : public torch::autograd::Function<SpectralInvSqrt> {
     static auto h =
         typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t)>(
             "invariance::inv_sqrt_spectral_backward");
-    auto s = ctx->get_saved_variables();
-    return {h.call(grads[0], s[0], s[1], s[2], ctx->saved_data["n"].toInt()), Tensor()};
+    auto saved = ctx->get_saved_variables();
+    return {h.call(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["n"].toInt()), Tensor()};
   }
 };
 
@@ -178,12 +179,12 @@ struct Fold : public torch::autograd::Function<Fold> {
                                                          const Tensor&, const Tensor&, int64_t,
                                                          bool, std::array<bool, 3>)>(
             "invariance::fold_weights_backward");
-    auto s = ctx->get_saved_variables();
+    auto saved = ctx->get_saved_variables();
     // Folding the running buffers (eval, stale steps) needs no gradient for D and mu: the
     // d x (C_out G) product of gD is skipped then.
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    ctx->needs_input_grad(2)};
-    auto [gW, gD, gmu, gb] = h.call(grads[0], grads[1], s[0], s[1], s[2], s[3],
+    auto [gW, gD, gmu, gb] = h.call(grads[0], grads[1], saved[0], saved[1], saved[2], saved[3],
                                     ctx->saved_data["groups"].toInt(),
                                     ctx->saved_data["interleaved"].toBool(), mask);
     return {gW, gD, gmu, gb, Tensor(), Tensor()};
@@ -213,8 +214,8 @@ struct LocalStats : public torch::autograd::Function<LocalStats> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto h = typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                  const Tensor&, int64_t)>("invariance::local_stats_backward");
-    auto s = ctx->get_saved_variables();
-    auto gx = h.call(grads[0], grads[1], s[0], s[1], s[2], ctx->saved_data["window"].toInt());
+    auto saved = ctx->get_saved_variables();
+    auto gx = h.call(grads[0], grads[1], saved[0], saved[1], saved[2], ctx->saved_data["window"].toInt());
     return {gx, Tensor(), Tensor()};
   }
 };

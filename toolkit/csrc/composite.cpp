@@ -22,21 +22,11 @@ c10::OperatorHandle op(const char* name) {
 }
 
 Tensor call_patches(const Tensor& x, at::IntArrayRef k, at::IntArrayRef p, at::IntArrayRef dl,
-                    at::IntArrayRef s, int64_t groups, int64_t block) {
+                    at::IntArrayRef sample_stride, int64_t groups, int64_t block) {
   static auto h = op("invariance::sampled_patches")
                       .typed<Tensor(const Tensor&, at::IntArrayRef, at::IntArrayRef,
                                     at::IntArrayRef, at::IntArrayRef, int64_t, int64_t)>();
-  return h.call(x, k, p, dl, s, groups, block);
-}
-
-Tensor call_patches_backward(const Tensor& g, const Tensor& x, at::IntArrayRef k,
-                             at::IntArrayRef p, at::IntArrayRef dl, at::IntArrayRef s,
-                             int64_t groups, int64_t block) {
-  static auto h = op("invariance::sampled_patches_backward")
-                      .typed<Tensor(const Tensor&, const Tensor&, at::IntArrayRef,
-                                    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
-                                    int64_t)>();
-  return h.call(g, x, k, p, dl, s, groups, block);
+  return h.call(x, k, p, dl, sample_stride, groups, block);
 }
 
 std::tuple<Tensor, Tensor> call_scalar_map(const Tensor& lam, const Tensor& c, int64_t n) {
@@ -121,18 +111,9 @@ Tensor patch_moments_backward(const Tensor& grad_mean, const Tensor& grad_second
 }
 
 std::tuple<Tensor, Tensor> im2col_moments(const Tensor& x, at::IntArrayRef k, at::IntArrayRef p,
-                                          at::IntArrayRef dl, at::IntArrayRef s, int64_t groups,
-                                          int64_t block) {
-  return patch_moments(call_patches(x, k, p, dl, s, groups, block));
-}
-
-Tensor im2col_moments_backward(const Tensor& grad_mean, const Tensor& grad_second,
-                               const Tensor& x, at::IntArrayRef k, at::IntArrayRef p,
-                               at::IntArrayRef dl, at::IntArrayRef s, int64_t groups,
-                               int64_t block) {
-  auto X = call_patches(x, k, p, dl, s, groups, block);
-  auto gX = patch_moments_backward(grad_mean, grad_second, X);
-  return call_patches_backward(gX, x, k, p, dl, s, groups, block);
+                                          at::IntArrayRef dl, at::IntArrayRef sample_stride,
+                                          int64_t groups, int64_t block) {
+  return patch_moments(call_patches(x, k, p, dl, sample_stride, groups, block));
 }
 
 // Linear layers: contiguous chunks of `block` features are samples of one covariance.

@@ -13,9 +13,6 @@ namespace invariance {
 std::tuple<at::Tensor, at::Tensor> im2col_moments(const at::Tensor&, at::IntArrayRef,
                                                   at::IntArrayRef, at::IntArrayRef,
                                                   at::IntArrayRef, int64_t, int64_t);
-at::Tensor im2col_moments_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                   at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                                   at::IntArrayRef, int64_t, int64_t);
 std::tuple<at::Tensor, at::Tensor> chunk_moments(const at::Tensor&, int64_t);
 std::tuple<at::Tensor, at::Tensor> patch_moments(const at::Tensor&);
 at::Tensor patch_moments_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&);
@@ -52,8 +49,6 @@ TORCH_LIBRARY(invariance, m) {
         "-> Tensor");
   m.def("sampled_patches(Tensor x, " PATCH_ARGS ") -> Tensor");
   m.def("sampled_patches_backward(Tensor grad, Tensor x, " PATCH_ARGS ") -> Tensor");
-  m.def("im2col_moments_backward(Tensor grad_mean, Tensor grad_second, Tensor x, " PATCH_ARGS
-        ") -> Tensor");
   m.def("patch_moments(Tensor patches) -> (Tensor, Tensor)");
   m.def("patch_moments_backward(Tensor grad_mean, Tensor grad_second, Tensor patches) -> Tensor");
   m.def("inv_sqrt_newton_forward(Tensor sigma, int n_iter) -> (Tensor, Tensor)");
@@ -84,7 +79,6 @@ TORCH_LIBRARY_IMPL(invariance, CPU, m) {
 
 TORCH_LIBRARY_IMPL(invariance, CompositeExplicitAutograd, m) {
   m.impl("im2col_moments", &invariance::im2col_moments);
-  m.impl("im2col_moments_backward", &invariance::im2col_moments_backward);
   m.impl("patch_moments", &invariance::patch_moments);
   m.impl("patch_moments_backward", &invariance::patch_moments_backward);
   m.impl("inv_sqrt_newton_forward", &invariance::inv_sqrt_newton_forward);

@@ -191,9 +191,11 @@ class InvConv2d(_Whitening):
                 f"sync={self.sync}")
 
     def _moments(self, xhat):
-        sample = (self.sampling_stride * self.stride[0], self.sampling_stride * self.stride[1])
-        return ops.im2col_moments(xhat, self.kernel_size, self.padding, self.dilation, sample,
-                                  self.groups, self.block)
+        # the sampled grid: every sampling_stride-th output position of the conv
+        sample_stride = (self.sampling_stride * self.stride[0],
+                         self.sampling_stride * self.stride[1])
+        return ops.im2col_moments(xhat, self.kernel_size, self.padding, self.dilation,
+                                  sample_stride, self.groups, self.block)
 
     def forward(self, x):
         if x.dim() != 4 or x.shape[1] != self.in_channels:

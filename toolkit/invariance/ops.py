@@ -91,10 +91,6 @@ def _register_fakes():
     def _(grad_mean, grad_second, patches):
         return torch.empty_like(patches)
 
-    @torch.library.register_fake(lib + "im2col_moments_backward")
-    def _(grad_mean, grad_second, x, kernel, padding, dilation, stride, groups, block):
-        return torch.empty_like(x)
-
     for name in ("inv_sqrt_newton", "inv_sqrt_spectral", "inv_sqrt_newton_backward",
                  "inv_sqrt_spectral_backward"):
         torch.library.register_fake(lib + name)(
@@ -136,10 +132,11 @@ def sample_norm(x, norm_dims, eps):
     return ops.sample_norm(x, norm_dims, eps)
 
 
-def im2col_moments(x, kernel, padding, dilation, stride, groups, block):
-    """Mean (groups, d) and second moment (groups, d, d) of the sampled im2col vectors."""
-    return ops.im2col_moments(x, list(kernel), list(padding), list(dilation), list(stride),
-                              groups, block)
+def im2col_moments(x, kernel, padding, dilation, sample_stride, groups, block):
+    """Mean (groups, d) and second moment (groups, d, d) of the im2col vectors sampled every
+    sample_stride pixels (the layer's sampling_stride times the conv's stride)."""
+    return ops.im2col_moments(x, list(kernel), list(padding), list(dilation),
+                              list(sample_stride), groups, block)
 
 
 def chunk_moments(x, block):
