@@ -105,3 +105,22 @@ def test_saved_config_reruns_the_same_options(tmp_path):
     assert {k: v for k, v in again.items() if k != "out"} == \
         {k: v for k, v in saved.items() if k != "out"}
     assert os.path.exists(second / "summary.json")
+
+
+def test_resume_refuses_other_layer_options(tmp_path):
+    """--inv-* options are recorded in the summary and the checkpoint; resuming with another
+    value is one line and exit 2."""
+    import torch
+    out = tmp_path / "run"
+    proc = train_single("--max-steps", "2", "--epochs", "1", "--inv-stats-every", "2",
+                        "--inv-sampling-stride", "auto", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["inv_stats_every"] == 2 and saved["inv_sampling_stride"] == "auto"
+    state = torch.load(next((out / "checkpoints").glob("ckpt-*.pt")), weights_only=False)
+    assert state["config"]["inv_stats_every"] == 2
+    proc = train_single("--max-steps", "3", "--epochs", "1", "--inv-stats-every", "3",
+                        "--inv-sampling-stride", "auto", "--out", out, "--resume")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("inv_stats_every=2 there, 3 here")
+    assert len(proc.stderr.strip().splitlines()) == 1
