@@ -212,9 +212,10 @@ def test_stop_signal_to_the_job_checkpoints_under_both_launchers(cluster, tmp_pa
 @pytest.mark.parametrize("case", ["sbatch-time-limit"])
 def test_time_limit_warning_fits_a_short_job(cluster, tmp_path, case):
     """A 2-minute job: the template warns the ranks 30 s before the limit (not 120 s, which
-    would be before the start), so they checkpoint and the job completes."""
+    would be before the start), so they checkpoint and the job completes. The run is too
+    long to finish by itself first (on an idle machine LONG's 200 epochs take < 90 s)."""
     run_dir = tmp_path / case
-    job = submit_template(cluster, run_dir, "srun", LONG, "--time=2")
+    job = submit_template(cluster, run_dir, "srun", LONG + ["--epochs", "100000"], "--time=2")
     state, code = wait_for_jobs([job], timeout=JOB_TIMEOUT, env=cluster.env(), poll_s=0.5)[job]
     log = job_log(run_dir)
     assert state == "COMPLETED" and code == "0:0", f"{state} {code}\n{log[-3000:]}"
