@@ -18,8 +18,10 @@ reach the workers too, as members of the rank's process group. The training proc
 how to stop (a checkpoint first); the workers ignore those signals and end when the training
 process shuts them down or is gone.
 """
+import atexit
 import os
 import re
+import weakref
 import signal
 
 import torch
@@ -150,6 +152,10 @@ class TrainLoader:
             # loader finds a dead worker while waiting for its batch (within 5 s), where
             # _CheckedBatches turns it into one DataReadError.
             signal_handling._SIGCHLD_handler_set = True
+            # The workers ignore SIGTERM, so multiprocessing's own exit handler (SIGTERM,
+            # then join) would wait for them forever: shut them down first, at exit
+            # (atexit runs handlers registered later first).
+            atexit.register(_close_at_exit, weakref.ref(self))
         # A private generator: creating an epoch's iterator must not draw from the global
         # torch RNG, whose state a checkpoint carries for the model's own randomness.
         self.loader = DataLoader(EpochIndexed(dataset), batch_sampler=self.sampler,
@@ -166,6 +172,12 @@ class TrainLoader:
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         self.loader._iterator = None
+
+
+def _close_at_exit(loader_ref):
+    loader = loader_ref()
+    if loader is not None:
+        loader.close()
 
 
 _DEAD_WORKER = re.compile(r"\(pid(?:\(s\))? ([\d, ]+)\)")
