@@ -12,3 +12,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_unconfigure(config):
+    """A process that outlives its summary (a child it waits for at exit, a thread that
+    never ends) would hold CI until its time limit: give it two minutes, then print every
+    thread's stack and exit with an error."""
+    import faulthandler
+    faulthandler.dump_traceback_later(120, exit=True)

@@ -77,7 +77,6 @@ def test_whole_uneven_epochs_then_identical_state_on_every_rank(ranks):
                 # synchronize_model(): parameters, BN statistics and momentum all equal.
                 assert torch.equal(state, first["states"][epoch]), (label, epoch)
         assert all(torch.isfinite(s).all() for s in first["states"]), label
-    assert ranks[0]["epochs"]["none"]["comm_wait_s"] < ranks[0]["epochs"]["sync"]["comm_wait_s"]
 
 
 def test_one_rank_is_single_process_training(tmp_path_factory):

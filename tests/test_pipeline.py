@@ -3,6 +3,8 @@ workers and after a resume, one clear error for a corrupt file or a dead worker,
 Real JPEG/PNG files in tmp_path, real worker processes."""
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,6 +118,37 @@ def test_worker_count_checks_and_default():
     assert default_workers(cores, 1) == 0 and default_workers(1, cores + 4) == 0
     with pytest.raises(ValueError, match="--workers must be an integer >= 0"):
         TrainLoader(_DiesOnSample(-1), 5, 0, 1, 0, workers=-1)
+
+
+_STRAY_WORKERS = """
+import sys, torch
+from torch.utils.data import TensorDataset, _utils
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+from toolkit.data.pipeline import TrainLoader
+# Workers that never get their stop message, as when a loader is collected in a reference
+# cycle whose finalisers run out of order: torch then sends SIGTERM, which they ignore.
+_MultiProcessingDataLoaderIter._mark_worker_as_unavailable = lambda *args, **kwargs: None
+_utils.MP_STATUS_CHECK_INTERVAL = 0.5  # torch's wait for each worker before its SIGTERM
+data = TensorDataset(torch.randn(64, 3), torch.arange(64))
+loader = TrainLoader(data, 4, 0, 1, 0, workers=2)
+batches = iter(loader.epoch(0))
+next(batches)
+print(*(p.pid for p in loader.loader._iterator._workers), flush=True)
+if sys.argv[1] == "dropped":
+    del batches, loader
+"""
+
+
+@pytest.mark.parametrize("how", ["open", "dropped"])
+def test_a_process_with_stray_workers_still_exits(how):
+    """multiprocessing's exit handler joins its children after a SIGTERM our workers ignore:
+    the pipeline's own exit handler must end them first, or the process never exits."""
+    proc = subprocess.run([sys.executable, "-c", _STRAY_WORKERS, how], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for pid in map(int, proc.stdout.split()):
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split()[2] == "Z", f"worker {pid} outlived the run"
 
 
 # ---------------------------------------------------------------- launch.train on 2 ranks

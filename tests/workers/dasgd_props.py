@@ -88,8 +88,7 @@ def whole_epochs(hvd):
                 strategy.step()
             strategy.synchronize_model()
             states.append(full_state(model, strategy.optimizer))
-        out[label] = {"states": states, "steps": strategy.steps_done,
-                      "comm_wait_s": strategy.comm_wait_s}
+        out[label] = {"states": states, "steps": strategy.steps_done}
     return out
 
 

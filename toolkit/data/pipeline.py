@@ -19,10 +19,11 @@ how to stop (a checkpoint first); the workers ignore those signals and end when 
 process shuts them down or is gone.
 """
 import atexit
+import multiprocessing.util  # noqa: F401 -- its exit handler must be registered before ours
 import os
 import re
-import weakref
 import signal
+import weakref
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -152,10 +153,8 @@ class TrainLoader:
             # loader finds a dead worker while waiting for its batch (within 5 s), where
             # _CheckedBatches turns it into one DataReadError.
             signal_handling._SIGCHLD_handler_set = True
-            # The workers ignore SIGTERM, so multiprocessing's own exit handler (SIGTERM,
-            # then join) would wait for them forever: shut them down first, at exit
-            # (atexit runs handlers registered later first).
-            atexit.register(_close_at_exit, weakref.ref(self))
+            _LOADERS.add(self)
+            _register_exit_handler()
         # A private generator: creating an epoch's iterator must not draw from the global
         # torch RNG, whose state a checkpoint carries for the model's own randomness.
         self.loader = DataLoader(EpochIndexed(dataset), batch_sampler=self.sampler,
@@ -171,13 +170,48 @@ class TrainLoader:
         iterator = getattr(self.loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+            # torch ends a worker that missed its stop message with SIGTERM, which ours
+            # ignore: end it for good.
+            _kill_alive(getattr(iterator, "_workers", ()))
         self.loader._iterator = None
 
 
-def _close_at_exit(loader_ref):
-    loader = loader_ref()
-    if loader is not None:
-        loader.close()
+# Every worker process any loader started, and the loaders with workers. multiprocessing's
+# exit handler sends its children SIGTERM and then joins them: our workers ignore SIGTERM,
+# so one left running (a loader never closed, or collected in a reference cycle whose
+# finalisers could not reach it) would keep the interpreter from exiting. Ours runs first.
+_WORKERS = weakref.WeakSet()
+_LOADERS = weakref.WeakSet()
+_exit_handler_registered = False
+
+
+def _register_exit_handler():
+    # Registered once the first workers exist, i.e. after multiprocessing's own handler:
+    # atexit runs the later registration first.
+    global _exit_handler_registered
+    if not _exit_handler_registered:
+        atexit.register(_stop_all_workers)
+        _exit_handler_registered = True
+
+
+def _stop_all_workers():
+    for loader in list(_LOADERS):
+        try:
+            loader.close()
+        except Exception:  # noqa: BLE001 -- at exit, stopping the rest matters more
+            pass
+    _kill_alive(list(_WORKERS))
+
+
+def _kill_alive(processes):
+    for process in processes:
+        try:
+            alive = process.is_alive()
+        except AssertionError:  # a forked copy of the training process: not its child
+            continue
+        if alive:
+            process.kill()
+            process.join(5)
 
 
 _DEAD_WORKER = re.compile(r"\(pid(?:\(s\))? ([\d, ]+)\)")
@@ -194,6 +228,7 @@ class _CheckedBatches:
 
     def __iter__(self):
         iterator = iter(self.owner.loader)
+        _WORKERS.update(getattr(iterator, "_workers", ()))
         for position in range(len(self.keys)):
             try:
                 batch = next(iterator)
