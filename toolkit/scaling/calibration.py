@@ -9,6 +9,7 @@ The alpha-beta ring allreduce model: on p workers an allreduce of n bytes takes
 (2(p-1) sequential hops of reduce-scatter + allgather, each moving n/p bytes).
 """
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +125,7 @@ def load_bench(path, transport=None):
         raise ValueError(f"{path}: step_s must map strategy -> seconds and include 'none'")
     workers = _first(chain, WORKERS_KEYS)
     nbytes = _first(chain, BYTES_KEYS)
-    bytes_note = f"message size from {path}"
+    bytes_note = f"message size from {os.path.basename(path)}"
     if nbytes is None and _first(chain, ("model",)):
         name = _first(chain, ("model",))
         try:
