@@ -61,6 +61,7 @@ def main(argv=None):
         run(cfg, ctx, trainer, started)
     except Exception as exc:
         faults.report_and_exit(exc, ctx.rank, during_setup=False, debug=cfg.debug)
+    preemption.finished()
     if watch is not None and watch.parent_gone():
         # Our launcher is gone: Horovod's shutdown at exit would wait for it forever.
         sys.stdout.flush()

@@ -63,6 +63,10 @@ CASES = [
          "as for SIGTERM"),
     Case("usr1-mpirun", "SIGUSR1 to mpirun (forwarded at once)", "mpirun -np 2", "0",
          "`stopped by SIGUSR1 at step N`, one checkpoint of step N"),
+    Case("late-usr1", "SIGUSR1 every millisecond from the moment summary.json exists until "
+         "the process is gone (a stop warning that arrives as a finished run shuts down)",
+         "none", "0", "the final line; the warning has nothing left to stop and is ignored "
+         "(Python's shutdown would otherwise restore its default action: exit 138 under srun)"),
     Case("kill-mpirun", "SIGKILL to mpirun (the launcher dies)", "mpirun -np 2", "killed",
          "Open MPI ends the ranks as soon as their daemon is gone (no time for a stop "
          "checkpoint); the last checkpoint loads, no temporary file, every process gone"),

@@ -114,3 +114,30 @@ def test_no_rank_outlives_a_killed_mpirun(tmp_path, case):
     assert code == -signal.SIGKILL
     assert_intact(checkpoints(out)[-1])
     assert no_temporary_files(out) == []
+
+
+@pytest.mark.parametrize("case", ["late-usr1"])
+def test_a_stop_warning_after_the_run_finished_is_harmless(tmp_path, case):
+    """A scheduler's warning (SIGUSR1) that arrives once summary.json is written, while the
+    process shuts down, must not turn the finished run into "killed by SIGUSR1"."""
+    out = tmp_path / "run"
+    job = start("none", 1, ("--norm", "bn", "--strategy", "none", "--epochs", "1",
+                            "--workers", "0", "--out", out))
+    try:
+        assert wait_for(lambda: (out / "summary.json").exists() or job.poll() is not None, 120)
+        sent = 0
+        while job.poll() is None:  # a signal every millisecond until the process is gone
+            try:
+                job.send_signal(signal.SIGUSR1)
+            except ProcessLookupError:
+                break
+            sent += 1
+            time.sleep(0.001)
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert sent > 0
+    assert job.returncode == 0, (job.returncode, stderr[-3000:])
+    assert "final: test_acc=" in stdout and "stopped by" not in stdout
+    assert_no_traceback(stdout, stderr)

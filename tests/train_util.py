@@ -20,7 +20,8 @@ def train_ranks(np_, *args, launcher="mpirun", timeout=300, check=True):
     return run_ranks(np_, train_argv(*args), launcher=launcher, timeout=timeout, check=check)
 
 
-def _single_env():
+def single_env():
+    """The environment of a run without a launcher (no inherited rank variables)."""
     env = launcher_env({"PYTHONPATH": REPO})
     for var in [v for v in env if v.startswith(("OMPI_COMM_WORLD", "SLURM_", "HOROVOD_"))]:
         del env[var]
@@ -29,14 +30,14 @@ def _single_env():
 
 def train_single(*args, timeout=300):
     """One process, no launcher (Horovod of size 1)."""
-    return subprocess.run(train_argv(*args), cwd=REPO, env=_single_env(), capture_output=True,
+    return subprocess.run(train_argv(*args), cwd=REPO, env=single_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
 def train_single_together(*runs, timeout=300):
     """Several independent single-process runs at the same time (one argument tuple each;
     give each --threads 1 on a 2-core machine); their CompletedProcesses in order."""
-    jobs = [subprocess.Popen(train_argv(*args), cwd=REPO, env=_single_env(), text=True,
+    jobs = [subprocess.Popen(train_argv(*args), cwd=REPO, env=single_env(), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in runs]
     done = []
     try:

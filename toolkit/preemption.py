@@ -58,6 +58,16 @@ def install():
     return _flag
 
 
+def finished():
+    """The run is over (its last checkpoint and summary written): from here on a SIGUSR1,
+    the stop warning that schedulers and train.sbatch send, has nothing left to stop. It is
+    ignored rather than left to Python's shutdown, which restores the default action (end
+    the process) before the process is gone: a warning that lands then would turn a finished
+    run's exit status into "killed by SIGUSR1" (138 under srun). SIGTERM and SIGINT keep
+    ending the process."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def ended_by_launcher():
     """True when the stop was asked for by the launcher watch (the launcher is gone or is
     ending the job), not by a signal to this rank."""
