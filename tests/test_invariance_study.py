@@ -16,7 +16,7 @@ def test_one_short_run_trains_and_scores_on_val_and_test():
 
 def _rows(model, lr, k, accs):
     return [{"model": model, "lr": lr, "stats_every": k, "seed": s, "final_val": a,
-             "final_test": a, "epoch_val_target": 3, "diverged": False}
+             "final_test": a, "epoch_val_target": 3, "diverged": False, "epochs": 10}
             for s, a in enumerate(accs)]
 
 

@@ -137,7 +137,7 @@ def summarise(rows):
         test_m, test_s = mean_std([r["final_test"] for r in group])
         reached = [r["epoch_val_target"] for r in group if r["epoch_val_target"]]
         out.append({"model": model, "lr": lr, "stats_every": k, "runs": len(group),
-                    "val_mean": val_m, "val_std": val_s, "test_mean": test_m,
+                    "epochs": max(r["epochs"] for r in group), "val_mean": val_m, "val_std": val_s, "test_mean": test_m,
                     "test_std": test_s, "reached": len(reached),
                     "epoch_mean": statistics.mean(reached) if reached else None,
                     "epoch_std": mean_std(reached)[1] if reached else None,
@@ -230,6 +230,12 @@ def plot(summary, path):
                 ax.set_title(f"{model} on digits")
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=8)
+        if all(s["epoch_mean"] is None for s in summary if s["model"] == model):
+            epochs = max(s["epochs"] for s in summary if s["model"] == model)
+            axes[1][col].text(0.5, 0.5, f"no run reached {100 * TARGET:.0f} % (val)\n"
+                              f"within its {epochs} epochs", ha="center", va="center",
+                              transform=axes[1][col].transAxes)
+            axes[1][col].set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
