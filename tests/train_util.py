@@ -41,7 +41,7 @@ def train_single_together(*runs, timeout=300):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in runs]
     done = []
     try:
-        for job in jobs:
+        for args, job in zip(runs, jobs):
             stdout, stderr = job.communicate(timeout=timeout)
             done.append(subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr))
     finally:

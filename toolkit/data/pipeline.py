@@ -154,6 +154,7 @@ class TrainLoader:
             # _CheckedBatches turns it into one DataReadError.
             signal_handling._SIGCHLD_handler_set = True
             _LOADERS.add(self)
+            _register_exit_handler()
         # A private generator: creating an epoch's iterator must not draw from the global
         # torch RNG, whose state a checkpoint carries for the model's own randomness.
         self.loader = DataLoader(EpochIndexed(dataset), batch_sampler=self.sampler,
@@ -178,14 +179,21 @@ class TrainLoader:
 # Every worker process any loader started, and the loaders with workers. multiprocessing's
 # exit handler sends its children SIGTERM and then joins them: our workers ignore SIGTERM,
 # so one left running (a loader never closed, or collected in a reference cycle whose
-# finalisers could not reach it) would keep the interpreter from exiting. Ours runs first:
-# multiprocessing.util, imported above, registered its handler before this module's, and
-# atexit runs the later registration first.
+# finalisers could not reach it) would keep the interpreter from exiting. Ours runs first.
 _WORKERS = weakref.WeakSet()
 _LOADERS = weakref.WeakSet()
+_exit_handler_registered = False
 
 
-@atexit.register
+def _register_exit_handler():
+    # Registered once the first workers exist, i.e. after multiprocessing's own handler:
+    # atexit runs the later registration first.
+    global _exit_handler_registered
+    if not _exit_handler_registered:
+        atexit.register(_stop_all_workers)
+        _exit_handler_registered = True
+
+
 def _stop_all_workers():
     for loader in list(_LOADERS):
         try:
