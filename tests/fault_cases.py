@@ -59,8 +59,9 @@ CASES = [
          "policy); one checkpoint of step N; every process gone"),
     Case("int-mpirun", "SIGINT to mpirun", "mpirun -np 2", "1 (as for SIGTERM)",
          "as for SIGTERM"),
-    Case("timeout-mpirun", "`timeout DURATION mpirun ...` expires", "mpirun -np 2", "124",
-         "as for SIGTERM"),
+    Case("timeout-mpirun", "`timeout -s USR1 DURATION mpirun ...` expires (timeout signals "
+         "mpirun, then its process group)", "mpirun -np 2", "124",
+         "as for SIGUSR1 to mpirun"),
     Case("usr1-mpirun", "SIGUSR1 to mpirun (forwarded at once)", "mpirun -np 2", "0",
          "`stopped by SIGUSR1 at step N`, one checkpoint of step N"),
     Case("late-usr1", "SIGUSR1 every millisecond from the moment summary.json exists until "
