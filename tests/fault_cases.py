@@ -46,7 +46,8 @@ CASES = [
          "ranks stop at one step (`stopped by the exit of horovodrun ...`), one checkpoint of "
          "that step, every process gone"),
     Case("int-horovodrun", "Ctrl-C: SIGINT to horovodrun's process group (its shell alone "
-         "ignores SIGINT)", "horovodrun -np 2", "killed by the signal",
+         "ignores SIGINT)", "horovodrun -np 2", "killed by the signal once mpirun is gone, "
+         "sometimes 1 (mpirun's, passed on by the shell)",
          "mpirun starts ending the job; the ranks take its SIGCONT as the stop request; as "
          "for SIGTERM"),
     Case("timeout-horovodrun", "`timeout DURATION horovodrun ...` expires", "horovodrun -np 2",

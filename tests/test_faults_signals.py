@@ -73,11 +73,13 @@ def run_and_signal(tmp_path, launcher, sig, *, prefix=(), group=False):
 def test_signal_to_horovodrun(tmp_path, case, sig):
     """horovodrun is `/bin/sh -c mpirun ...` by then. SIGTERM ends that shell while mpirun
     lives on; the ranks notice that horovodrun is gone. SIGINT is Ctrl-C, which reaches the
-    shell and mpirun (the shell alone would ignore it): mpirun starts ending the job."""
+    shell and mpirun (the shell alone would ignore it): mpirun starts ending the job. Once
+    mpirun is gone the shell usually dies of the SIGINT it deferred, and sometimes exits with
+    mpirun's 1 instead (seen in CI): either way the stop is clean."""
     out, code, stdout, stderr, _ = run_and_signal(tmp_path, "horovodrun", sig,
                                                   group=sig == signal.SIGINT)
-    assert code == -sig, (code, stderr[-3000:])
     assert_clean_stop(out, stdout, stderr, HOROVODRUN_GONE + ENDING)
+    assert code in ((-sig, 1) if sig == signal.SIGINT else (-sig,)), (code, stderr[-3000:])
 
 
 @pytest.mark.parametrize("case, sig", [("term-mpirun", signal.SIGTERM),
@@ -106,6 +108,7 @@ def test_timeout_around_the_launcher(tmp_path, case, launcher, sig, reason):
         tmp_path, launcher, signal.SIGALRM, prefix=("timeout", "-s", sig, "3600"))
     assert returncode == 124, (returncode, stderr[-3000:])
     assert_clean_stop(out, stdout, stderr, reason)
+    assert "warning: `timeout`" not in stderr  # this form stops cleanly
 
 
 @pytest.mark.parametrize("case", ["kill-mpirun"])
