@@ -23,6 +23,10 @@ that resumes it. If that cannot finish within a grace period (the
 other ranks are gone too), the rank leaves on its own with one line, so nothing is left
 behind. A single process without a launcher is never watched: a shell that exits under a
 `nohup python -m launch.train &` is not a reason to stop.
+
+One launch cannot stop cleanly whatever the ranks do: a plain `timeout DURATION mpirun ...`
+signals mpirun twice, and Open MPI's mpirun then exits at once, taking the ranks with it.
+Rank 0 names it in a warning at the start.
 """
 import os
 import signal
@@ -70,6 +74,67 @@ def horovodrun_shell(launcher_pid):
             and argv[1] == "-c" and argv[2].lstrip().startswith("mpirun "):
         return shell
     return None
+
+
+# Open MPI 4's mpirun ends the job on the first of these, and exits at once, leaving the ranks
+# no time for their stop checkpoint, when a second one arrives within 5 s.
+MPIRUN_ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _signal_named(text):
+    """signal.Signals for `timeout -s` values such as TERM, SIGUSR1 or 15; None if unknown."""
+    name = text.upper()
+    try:
+        return signal.Signals(int(name)) if name.isdigit() else \
+            signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        return None
+
+
+def timeout_signal(argv):
+    """(signal, foreground) of a GNU `timeout` command line, or None if argv is not one.
+    Without --foreground, timeout sends its signal to the command and again to its own
+    process group, which the command is in."""
+    if not argv or os.path.basename(argv[0]) != "timeout":
+        return None
+    sig, foreground, args = "TERM", False, list(argv[1:])
+    while args and args[0].startswith("-") and args[0] != "-":
+        opt = args.pop(0)
+        if opt == "--":
+            break
+        if opt.startswith("--"):
+            name, _, value = opt.partition("=")  # getopt takes any unambiguous prefix
+            if "--foreground".startswith(name):
+                foreground = True
+            elif "--signal".startswith(name) or "--kill-after".startswith(name):
+                value = value or (args.pop(0) if args else "")
+                sig = value if "--signal".startswith(name) else sig
+            continue
+        flags = opt[1:]
+        while flags:
+            flag, flags = flags[0], flags[1:]
+            if flag == "f":
+                foreground = True
+            elif flag in "sk":
+                value = flags or (args.pop(0) if args else "")
+                sig = value if flag == "s" else sig
+                flags = ""
+    return _signal_named(sig), foreground
+
+
+def double_signal_warning(launcher_pid):
+    """A one-line warning when this rank's mpirun runs directly under a `timeout` that will
+    signal it twice with a signal that ends the job (docs/faults.md), else None."""
+    fields = _stat_fields(launcher_pid)
+    if fields is None or fields[0] not in ("mpirun", "mpiexec", "orterun"):
+        return None
+    sent = timeout_signal(_cmdline(fields[1]))
+    if sent is None or sent[1] or sent[0] not in MPIRUN_ABORT_SIGNALS:
+        return None
+    return (f"warning: `timeout` will send {sent[0].name} to mpirun twice (directly and to its "
+            f"process group); Open MPI's mpirun then exits at once and the ranks end without "
+            f"their stop checkpoint: use `timeout -s USR1` or `timeout --foreground` "
+            f"(docs/faults.md)")
 
 
 def _silence_output():
@@ -152,7 +217,12 @@ class LauncherWatch:
 
 
 def watch(flag, launcher, rank):
-    """Start watching when a launcher started this process ("single" is not watched)."""
+    """Start watching when a launcher started this process ("single" is not watched).
+    Rank 0 also warns about a launch that cannot stop cleanly."""
     if launcher == "single":
         return None
-    return LauncherWatch(flag, rank).start()
+    watcher = LauncherWatch(flag, rank).start()
+    warning = double_signal_warning(watcher.launcher_pid) if rank == 0 else None
+    if warning:
+        os.write(2, (warning + "\n").encode())
+    return watcher
