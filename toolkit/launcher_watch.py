@@ -91,34 +91,46 @@ def _signal_named(text):
         return None
 
 
+# timeout's long options by the letter of their short form.
+_TIMEOUT_LONG_OPTIONS = {"--foreground": "f", "--signal": "s", "--kill-after": "k",
+                         "--preserve-status": "p", "--verbose": "v"}
+
+
+def _timeout_options(args):
+    """(letter, value) for each option before timeout's DURATION (value "" for a flag)."""
+    while args and args[0].startswith("-") and args[0] != "-":
+        opt = args.pop(0)
+        if opt == "--":
+            return
+        if opt.startswith("--"):  # getopt takes any unambiguous prefix of a long option
+            name, _, value = opt.partition("=")
+            letter = next((short for long_name, short in _TIMEOUT_LONG_OPTIONS.items()
+                           if long_name.startswith(name)), "?")
+            if letter in ("s", "k") and not value:
+                value = args.pop(0) if args else ""
+            yield letter, value
+            continue
+        flags = opt[1:]  # short flags may be combined (-fs TERM) or joined to a value (-sTERM)
+        while flags:
+            letter, flags = flags[0], flags[1:]
+            value = ""
+            if letter in ("s", "k"):
+                value, flags = flags or (args.pop(0) if args else ""), ""
+            yield letter, value
+
+
 def timeout_signal(argv):
     """(signal, foreground) of a GNU `timeout` command line, or None if argv is not one.
     Without --foreground, timeout sends its signal to the command and again to its own
     process group, which the command is in."""
     if not argv or os.path.basename(argv[0]) != "timeout":
         return None
-    sig, foreground, args = "TERM", False, list(argv[1:])
-    while args and args[0].startswith("-") and args[0] != "-":
-        opt = args.pop(0)
-        if opt == "--":
-            break
-        if opt.startswith("--"):
-            name, _, value = opt.partition("=")  # getopt takes any unambiguous prefix
-            if "--foreground".startswith(name):
-                foreground = True
-            elif "--signal".startswith(name) or "--kill-after".startswith(name):
-                value = value or (args.pop(0) if args else "")
-                sig = value if "--signal".startswith(name) else sig
-            continue
-        flags = opt[1:]
-        while flags:
-            flag, flags = flags[0], flags[1:]
-            if flag == "f":
-                foreground = True
-            elif flag in "sk":
-                value = flags or (args.pop(0) if args else "")
-                sig = value if flag == "s" else sig
-                flags = ""
+    sig, foreground = "TERM", False
+    for letter, value in _timeout_options(list(argv[1:])):
+        if letter == "f":
+            foreground = True
+        elif letter == "s":
+            sig = value
     return _signal_named(sig), foreground
 
 
