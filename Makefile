@@ -4,8 +4,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# The toolkit's Open MPI policy (toolkit/launcher.py) for the jobs make starts.
-MPI_POLICY = eval "$$($(PY) -m toolkit.launcher env $(if $(1),--ntasks $(1)))"
+# The toolkit's Open MPI policy (toolkit/mpi_policy.py) for the jobs make starts.
+MPI_POLICY = eval "$$($(PY) -m toolkit.mpi_policy env $(if $(1),--ntasks $(1)))"
 NP ?= 2
 RUN_ARGS ?=
 

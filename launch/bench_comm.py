@@ -21,13 +21,13 @@ import subprocess
 import sys
 import tempfile
 
-from toolkit.bench.comm import (check_comm_cpu, format_rate, rate_bits_per_s, ratios,
+from experiments.bench.comm import (check_comm_cpu, format_rate, rate_bits_per_s, ratios,
                                 round_ratio_spread, timeline_rounds)
-from toolkit.emulation.procs import run_in_group
-from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv, python_module
+from experiments.emulation.procs import run_in_group
+from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Horovod strategies, then PyTorch's own DDP and DDP + PostLocalSGD (toolkit/bench/peers.py)
+# Horovod strategies, then PyTorch's own DDP and DDP + PostLocalSGD (experiments/bench/peers.py)
 STRATEGIES = ("none", "sync", "local", "dasgd", "ddp", "postlocal")
 TRANSPORTS = ("mpi", "gloo")
 
@@ -95,7 +95,7 @@ def run_job(net, args, transport, strategies, out_dir, *, probe=0, sizes=False, 
             timeline=None):
     """One 2-rank job in the namespace in which `strategies` take turns; its result dict."""
     out = os.path.join(out_dir, f"{transport}-{'-'.join(strategies)}.json")
-    worker = python_module("toolkit.bench.comm", "--strategies", ",".join(strategies),
+    worker = python_module("experiments.bench.comm", "--strategies", ",".join(strategies),
                            "--out", out, "--model", args.model,
                            "--image-size", args.image_size, "--batch-size", args.batch_size,
                            "--rounds", rounds or args.rounds, "--block-steps", args.block_steps,
@@ -147,7 +147,7 @@ def calibrate(net, args, transport, out_dir, say, start_rate=None):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    from toolkit.bench.device import check_device
+    from experiments.bench.device import check_device
     check_device(args.device)
     if args.rate is not None:
         try:

@@ -49,7 +49,7 @@ def build_models(args):
     """bn, inv (k = 1), inv_k10 (same weights, past its warm start) and ref (same weights)."""
     from models import build_model
     from tests.invariance_reference import to_reference
-    from toolkit.bench.layer import past_warm_start
+    from experiments.bench.layer import past_warm_start
     kw = dict(num_classes=10, in_channels=3, image_size=args.image_size)
     inv = build_model(args.model, norm="inv", **kw)
     amortized = build_model(args.model, norm="inv", layer_options={"stats_every": PERIOD}, **kw)
@@ -66,13 +66,13 @@ def verdict(name, value):
 
 def main(argv=None):
     args = parse_args(argv)
-    from toolkit.bench.device import benchmark_device
+    from experiments.bench.device import benchmark_device
     device = benchmark_device(args.device, needs_cuda_kernels=True)
     if device.type == "cuda":
         return cuda_main(args, device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from toolkit.bench.layer import (floor_estimate, format_table, layer_table, make_batch,
+    from experiments.bench.layer import (floor_estimate, format_table, layer_table, make_batch,
                                      step_times)
 
     nets = build_models(args)
@@ -121,7 +121,7 @@ def write_result(path, result):
 def cuda_main(args, device):
     """The step times and their ratios on a GPU (the floor and the per-layer table measure
     BLAS, LAPACK and the CPU profiler, so they stay CPU analyses)."""
-    from toolkit.bench.layer import make_batch, step_times
+    from experiments.bench.layer import make_batch, step_times
     torch.manual_seed(args.seed)
     nets = {name: net.to(device) for name, net in build_models(args).items()}
     x, y = (t.to(device) for t in make_batch(args.batch, args.image_size, seed=args.seed))

@@ -6,7 +6,7 @@ against them.
 
 Needs root: creates emulated nodes (a network namespace, hostname, sshd and a tbf-limited
 link each, see docs/multinode.md), runs per worker count one job timing allreduces of
-several sizes and one job in which none, sync and dasgd take turns (toolkit.bench.comm),
+several sizes and one job in which none, sync and dasgd take turns (experiments.bench.comm),
 with mpirun over ssh and TCP on the nodes' links, then deletes the nodes. Writes the JSON
 and a markdown table next to it (same name, .md): measurements, alpha and beta fitted to
 all points, and the projection's error at each worker count.
@@ -20,14 +20,14 @@ import subprocess
 import sys
 import tempfile
 
-from toolkit.bench.nodes import (compare, fit_all, fit_with_call_overhead, to_markdown,
+from experiments.bench.nodes import (compare, fit_all, fit_with_call_overhead, to_markdown,
                                  within)
-from toolkit.emulation.launch import (mpirun_nodes_argv, node_env, run_on_node,
+from experiments.emulation.jobs import (mpirun_nodes_argv, node_env, run_on_node,
                                       write_hostfile)
-from toolkit.emulation.network import NodeNetwork, check_rate, rate_bytes_per_s
-from toolkit.emulation.packages import ensure_programs
-from toolkit.emulation.ssh import NodeSsh
-from toolkit.launcher import python_module
+from experiments.emulation.network import NodeNetwork, check_rate, rate_bytes_per_s
+from experiments.emulation.packages import ensure_programs
+from experiments.emulation.ssh import NodeSsh
+from toolkit.mpi_policy import python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES = ("none", "sync", "dasgd")
@@ -82,11 +82,11 @@ class Nodes:
 def measure(nodes, args, p, sizes, out_dir):
     env = node_env(nodes.ssh, {**RING, "HOROVOD_CYCLE_TIME": f"{args.cycle_time_ms:g}"})
     ar_json = os.path.join(out_dir, f"allreduce-{p}.json")
-    nodes.mpirun(p, python_module("toolkit.bench.nodes", "--sizes", ",".join(map(str, sizes)),
+    nodes.mpirun(p, python_module("experiments.bench.nodes", "--sizes", ",".join(map(str, sizes)),
                                   "--repeats", args.repeats, "--out", ar_json),
                  env, args.job_timeout, "allreduce")
     steps_json = os.path.join(out_dir, f"steps-{p}.json")
-    nodes.mpirun(p, python_module("toolkit.bench.comm", "--strategies", ",".join(STRATEGIES),
+    nodes.mpirun(p, python_module("experiments.bench.comm", "--strategies", ",".join(STRATEGIES),
                                   "--out", steps_json, "--model", args.model,
                                   "--batch-size", args.batch_size, "--rounds", args.rounds,
                                   "--block-steps", args.block_steps, "--period", args.period,
@@ -181,7 +181,7 @@ def _run(args, workers, extra, out_dir, say, command):
 
 
 def average_bytes(model_name):
-    """Bytes of one model average as toolkit.bench.comm counts them: float32 parameters
+    """Bytes of one model average as experiments.bench.comm counts them: float32 parameters
     and floating buffers."""
     from models import build_model
     model = build_model(model_name, num_classes=10, in_channels=3, image_size=32, norm="bn")

@@ -3,7 +3,7 @@ and images/s of one or several runs against steps and wall time."""
 import argparse
 import sys
 
-from toolkit.plot import NotARun, PlotUnavailable, load_run, plot_runs
+from experiments.curves import NotARun, PlotUnavailable, load_run, plot_runs
 
 
 def parser():

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from toolkit import studies
+from experiments.studies import digits
 
 
 def main(argv=None):
@@ -40,18 +40,18 @@ def main(argv=None):
     if args.study == "stats-every":
         return stats_every(args)
     if args.study == "lr-check":
-        rows = studies.lr_check(args.out, seeds=args.seeds, epochs=args.epochs)
-        table = studies.lr_check_table(rows)
-        png = studies.plot_curves(rows, lambda r: f"{r['norm']} @ lr {r['lr']:g}",
-                                  os.path.join(args.out, "lr_check.png"),
-                                  "digits, small CNN: test accuracy per epoch")
+        rows = digits.lr_check(args.out, seeds=args.seeds, epochs=args.epochs)
+        table = digits.lr_check_table(rows)
+        png = digits.plot_curves(rows, lambda r: f"{r['norm']} @ lr {r['lr']:g}",
+                                 os.path.join(args.out, "lr_check.png"),
+                                 "digits, small CNN: test accuracy per epoch")
     else:
-        rows = studies.convergence(args.out, seeds=args.seeds, epochs=args.epochs,
-                                   ranks=args.ranks, norm=args.norm, lr=args.lr)
-        table = studies.convergence_table(rows)
-        png = studies.plot_curves(rows, lambda r: f"{r['strategy']} np={r['ranks']}",
-                                  os.path.join(args.out, "convergence.png"),
-                                  "digits: dasgd vs sync, test accuracy per epoch")
+        rows = digits.convergence(args.out, seeds=args.seeds, epochs=args.epochs,
+                                  ranks=args.ranks, norm=args.norm, lr=args.lr)
+        table = digits.convergence_table(rows)
+        png = digits.plot_curves(rows, lambda r: f"{r['strategy']} np={r['ranks']}",
+                                 os.path.join(args.out, "convergence.png"),
+                                 "digits: dasgd vs sync, test accuracy per epoch")
     name = args.study.replace("-", "_")
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(rows, f, indent=1)
@@ -63,7 +63,7 @@ def main(argv=None):
 
 
 def stats_every(args):
-    from toolkit import stats_every_study as study
+    from experiments.studies import stats_every as study
     epochs = {"small_cnn": args.epochs, "vit_tiny": args.vit_epochs or args.epochs}
     rows = study.run_study(args.out, epochs=epochs, seeds=args.seeds, models=args.models,
                            train=not args.report_only)

@@ -45,22 +45,22 @@ def main(argv=None):
     from toolkit import preemption
     stop = preemption.install()
     started = time.time()
-    from toolkit import dist, faults, launcher_watch
+    from toolkit import errors, job, orphan_watch
     try:
         # From the start too: a launcher that dies while the ranks load is noticed.
-        watch = launcher_watch.watch(stop, dist.detect_launcher(), dist.launcher_rank())
+        watch = orphan_watch.watch(stop, job.detect_launcher(), job.launcher_rank())
         cfg = config.parse(parser(), argv)
     except ValueError as exc:
-        faults.single_rank_setup_error(exc, dist.launcher_rank())
-    # Every failure ends in one line and its exit code (toolkit/faults.py, docs/faults.md).
+        errors.single_rank_setup_error(exc, job.launcher_rank())
+    # Every failure ends in one line and its exit code (toolkit/errors.py, docs/faults.md).
     try:
         ctx, trainer = set_up(cfg)
     except Exception as exc:
-        faults.report_and_exit(exc, dist.launcher_rank(), during_setup=True, debug=cfg.debug)
+        errors.report_and_exit(exc, job.launcher_rank(), during_setup=True, debug=cfg.debug)
     try:
         run(cfg, ctx, trainer, started)
     except Exception as exc:
-        faults.report_and_exit(exc, ctx.rank, during_setup=False, debug=cfg.debug)
+        errors.report_and_exit(exc, ctx.rank, during_setup=False, debug=cfg.debug)
     preemption.finished()
     if watch is not None and watch.parent_gone():
         # Our launcher is gone: Horovod's shutdown at exit would wait for it forever.
@@ -70,9 +70,9 @@ def main(argv=None):
 
 def set_up(cfg):
     """Horovod and the Trainer (data, model, strategy, resume)."""
-    from toolkit import dist
+    from toolkit import job
     from toolkit.train import Trainer
-    ctx = dist.init(cfg.strategy, cfg.delay)
+    ctx = job.init(cfg.strategy, cfg.delay)
     if cfg.out is None:
         cfg.out = default_out(cfg, ctx.size)
     return ctx, Trainer(cfg, ctx)
@@ -80,19 +80,19 @@ def set_up(cfg):
 
 def run(cfg, ctx, trainer, started):
     """Train, then rank 0 writes summary.json and prints the final line."""
-    from toolkit import dist
+    from toolkit import job
     from toolkit.metrics import write_json
     trainer.fit()
     summary = trainer.summary()
     summary["wall_s"] = time.time() - started
     if ctx.is_root:
         write_json(os.path.join(cfg.out, "summary.json"), summary)
-        from toolkit.plot import plot_finished_run
-        dist.line_print(plot_finished_run(cfg.out))
+        from experiments.curves import plot_finished_run
+        job.line_print(plot_finished_run(cfg.out))
         acc = summary["test_acc"]
         acc_text = "none" if acc is None else f"{acc:.3f}"
-        dist.line_print(f"final: test_acc={acc_text} images_per_s={summary['images_per_s']:.1f} "
-                        f"metrics={summary['metrics']} checkpoint={summary['checkpoint']}")
+        job.line_print(f"final: test_acc={acc_text} images_per_s={summary['images_per_s']:.1f} "
+                       f"metrics={summary['metrics']} checkpoint={summary['checkpoint']}")
 
 
 if __name__ == "__main__":

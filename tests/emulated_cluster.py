@@ -1,8 +1,8 @@
 """An emulated multi-node SLURM cluster on this machine (root, Debian/Ubuntu).
 
 N nodes (node1..nodeN), each a network namespace with its own hostname, an address on a
-private bridge and a link of its own limited by tc tbf (toolkit/emulation/network.py); an
-sshd per node reachable with a key generated for the cluster (toolkit/emulation/ssh.py),
+private bridge and a link of its own limited by tc tbf (experiments/emulation/network.py); an
+sshd per node reachable with a key generated for the cluster (experiments/emulation/ssh.py),
 so horovodrun and mpirun can start ranks on the nodes; one slurmd per node and slurmctld
 plus munged in the root namespace, which reaches the nodes through the bridge's address.
 All state (SLURM configuration and spool, keys, pid files, logs, the nodes' /etc/hosts)
@@ -19,11 +19,11 @@ import subprocess
 import sys
 
 from tests.slurm_cluster import SlurmCluster, _which, ensure_installed
-from toolkit.emulation.launch import node_env, run_on_node
-from toolkit.emulation.network import NodeNetwork
-from toolkit.emulation.packages import ensure_programs
-from toolkit.emulation.procs import alive, read_pid, stop_pid
-from toolkit.emulation.ssh import NodeSsh
+from experiments.emulation.jobs import node_env, run_on_node
+from experiments.emulation.network import NodeNetwork
+from experiments.emulation.packages import ensure_programs
+from experiments.emulation.procs import alive, read_pid, stop_pid
+from experiments.emulation.ssh import NodeSsh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

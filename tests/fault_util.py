@@ -12,7 +12,7 @@ import torch
 
 from tests.mpi_util import REPO
 from tests.train_util import train_argv
-from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv
+from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv
 
 # Long enough that only the injected fault ends it.
 LONG = ("--norm", "bn", "--epochs", "200", "--checkpoint-interval", "5", "--log-interval", "5")
@@ -160,7 +160,7 @@ def assert_no_traceback(*texts):
 
 def assert_intact(path):
     """A complete checkpoint that torch loads, holding a step."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and state["step"] > 0
     return state
 

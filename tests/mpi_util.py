@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from toolkit.launcher import horovodrun_argv, launcher_env, mpirun_argv
+from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -24,8 +24,8 @@ if __name__ == "__main__":
     # Run as a script (slurm/local_cluster.sh): make `tests.` and `toolkit.` importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from toolkit.emulation.packages import ensure_programs, which as _which  # noqa: E402
-from toolkit.emulation.procs import alive as _alive, read_pid as _read_pid, stop_pid  # noqa: E402
+from experiments.emulation.packages import ensure_programs, which as _which  # noqa: E402
+from experiments.emulation.procs import alive as _alive, read_pid as _read_pid, stop_pid  # noqa: E402
 
 # program -> the Debian package that provides it
 SLURM_PROGRAMS = {"slurmctld": "slurmctld", "slurmd": "slurmd", "munged": "munge",

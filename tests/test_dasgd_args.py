@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from toolkit.bench.comm import format_rate, rate_bits_per_s, ratios
-from toolkit.dist.startup import apply_stall_defaults, comm_nice, comm_timeout_s
+from experiments.bench.comm import format_rate, rate_bits_per_s, ratios
+from toolkit.job.startup import apply_stall_defaults, comm_nice, comm_timeout_s
 from toolkit.strategies import STRATEGY_NAMES, make_strategy
 
 
@@ -66,7 +66,7 @@ def test_comm_nice_setting():
 
 
 def test_cycle_time_default_only_for_strategies_that_never_block_on_the_average():
-    from toolkit.dist.startup import apply_cycle_time_default
+    from toolkit.job.startup import apply_cycle_time_default
     for name, delay in (("none", 1), ("dasgd", 1), ("dasgd", 3)):
         env = {}
         assert apply_cycle_time_default(name, delay, env) == "5"

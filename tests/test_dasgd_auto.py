@@ -10,7 +10,7 @@ import torch
 
 from launch.bench_comm import SlowLoopback, job_env
 from tests.mpi_util import can_make_namespace, py
-from toolkit.launcher import mpirun_argv
+from toolkit.mpi_policy import mpirun_argv
 from toolkit.strategies.auto_delay import choose_delay
 
 pytestmark = pytest.mark.mpi

@@ -73,7 +73,7 @@ def test_bench_comm_rejects_bad_rate(tmp_path):
 
 
 def test_round_ratio_spread_pairs_turns_of_the_same_round():
-    from toolkit.bench.comm import round_ratio_spread
+    from experiments.bench.comm import round_ratio_spread
     rounds = {"none": [1.0, 2.0, 1.0, 4.0], "dasgd": [1.1, 2.2, 1.1, 4.4], "sync": [2.0] * 4}
     spread = round_ratio_spread(rounds)
     # the load changed 4x between rounds, the paired ratio did not
@@ -89,7 +89,7 @@ def test_cpu_split_charges_the_listed_threads_to_communication():
     import threading
     import time
 
-    from toolkit.bench.comm import CpuSplit
+    from experiments.bench.comm import CpuSplit
 
     def spin(seconds):
         end = time.thread_time() + seconds
@@ -116,7 +116,7 @@ def test_cpu_split_charges_the_listed_threads_to_communication():
 def test_give_communication_a_core_pins_compute_and_communication_apart():
     import threading
 
-    from toolkit.bench.comm import give_communication_a_core
+    from experiments.bench.comm import give_communication_a_core
 
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2:

@@ -80,7 +80,7 @@ def test_benchmark_device_cuda_refuses_without_a_gpu(module, tmp_path):
 
 @no_gpu_here
 def test_benchmark_device_refusal_names_the_reason(capsys):
-    from toolkit.bench.device import benchmark_device
+    from experiments.bench.device import benchmark_device
     with pytest.raises(SystemExit) as exc:
         benchmark_device("cuda")
     assert exc.value.code == 2
@@ -90,7 +90,7 @@ def test_benchmark_device_refusal_names_the_reason(capsys):
 
 
 def test_benchmark_timing_on_the_cpu_measures_the_call():
-    from toolkit.bench.device import benchmark_device, timed
+    from experiments.bench.device import benchmark_device, timed
     device = benchmark_device("cpu")
     x = torch.randn(256, 256)
     assert timed(lambda: x @ x, device) > 0

@@ -1,7 +1,7 @@
 """The stats_every study: one real (short) training run, and the verdict drawn from runs."""
 import torch
 
-from toolkit import stats_every_study as study
+from experiments.studies import stats_every as study
 
 
 def test_one_short_run_trains_and_scores_on_val_and_test():

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from tests.mpi_util import REPO, py, run_ranks
-from toolkit.dist import LaunchError, check_size, detect_launcher, expected_size
+from toolkit.job import LaunchError, check_size, detect_launcher, expected_size
 
 
 def test_expected_size_prefers_open_mpi_over_slurm_step_variables():

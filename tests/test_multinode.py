@@ -19,9 +19,9 @@ import sys
 import pytest
 
 from tests.emulated_cluster import EmulatedCluster
-from toolkit.emulation.launch import horovodrun_nodes_argv, mpirun_nodes_argv, write_hostfile
-from toolkit.emulation.network import NODE_IFACE
-from toolkit.launcher import python_module
+from experiments.emulation.jobs import horovodrun_nodes_argv, mpirun_nodes_argv, write_hostfile
+from experiments.emulation.network import NODE_IFACE
+from toolkit.mpi_policy import python_module
 from toolkit.scaling.slurm_jobs import submit, wait_for_jobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

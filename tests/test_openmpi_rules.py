@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tests.mpi_util import py, run_ranks
-from toolkit.launcher import MPI_DEFAULTS, OPENMPI_COLL_RULES, launcher_env
+from toolkit.mpi_policy import MPI_DEFAULTS, OPENMPI_COLL_RULES, launcher_env
 
 ALLREDUCE = 2  # Open MPI's collective id (COLLTYPE_T in coll_base_functions.h)
 

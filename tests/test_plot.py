@@ -7,7 +7,7 @@ import pytest
 
 from tests.mpi_util import REPO
 from tests.train_util import train_single
-from toolkit.plot import load_run
+from experiments.curves import load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,7 +56,7 @@ def test_plot_refuses_a_directory_that_is_not_a_run(tmp_path):
 
 def test_without_matplotlib_a_one_line_note(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from toolkit.plot import plot_finished_run\n"
+            "from experiments.curves import plot_finished_run\n"
             f"print(plot_finished_run({str(tmp_path)!r}))\n")
     (tmp_path / "config.json").write_text('{"model": "small_cnn"}')
     (tmp_path / "metrics.jsonl").write_text('{"kind": "interval", "step": 1, "loss": 2.0}\n')

@@ -18,7 +18,7 @@ import torch
 
 from tests.fault_util import wait_for
 from tests.slurm_cluster import SlurmCluster
-from toolkit.launcher import launcher_env
+from toolkit.mpi_policy import launcher_env
 from toolkit.scaling.slurm_jobs import submit, wait_for_jobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +182,7 @@ def assert_clean_stop(run_dir, log, stop_signal):
         tail[-1].startswith("train.sbatch: launcher exited with code 0"), "\n".join(tail)
     by, step, path = STOP_LINE.search(tail[stops[0]]).groups()
     assert by == stop_signal
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert state["step"] == summary["steps"] == int(step) and summary["stopped_by"] == by
     assert "Traceback" not in log and "error:" not in log
@@ -273,7 +273,7 @@ def test_stopping_srun(cluster, tmp_path, case, how):
     assert "Traceback" not in stderr and "error: rank" not in stderr, stderr[-3000:]
     assert wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 10), pids
     newest = sorted(ckpts.glob("ckpt-*.pt"))[-1]
-    state = torch.load(newest, weights_only=False)
+    state = torch.load(newest, weights_only=True)
     assert not list(ckpts.glob(".tmp*"))
     if how == "SIGUSR1":
         assert job.returncode == 0, stderr[-3000:]

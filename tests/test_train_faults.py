@@ -11,7 +11,7 @@ import torch
 from tests.fault_util import wait_for
 from tests.mpi_util import REPO
 from tests.train_util import summary, train_argv, train_ranks, train_single
-from toolkit.launcher import launcher_env, mpirun_argv
+from toolkit.mpi_policy import launcher_env, mpirun_argv
 
 
 def _one_error_line(proc):
@@ -91,7 +91,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(one_epo
     line = _one_error_line(proc)
     assert "at step" in line and str(ckpt) in line
     assert _digest(ckpt) == before
-    torch.load(ckpt, weights_only=False)
+    torch.load(ckpt, weights_only=True)
 
 
 def _rank_pids(job):
@@ -126,7 +126,7 @@ def test_kill_9_one_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path):
         if job.poll() is None:
             job.kill()
     ckpt = sorted((out / "checkpoints").glob("ckpt-*.pt"))[-1]
-    step = torch.load(ckpt, weights_only=False)["step"]
+    step = torch.load(ckpt, weights_only=True)["step"]
     train_ranks(2, "--epochs", "200", "--norm", "bn", "--strategy", "dasgd",
                 "--checkpoint-interval", "5", "--out", out, "--resume",
                 "--max-steps", step + 10)
@@ -154,7 +154,7 @@ def test_preemption_signal_checkpoints_and_exits_cleanly(tmp_path, signame):
     assert job.returncode == 0, stderr[-3000:]
     assert f"stopped by {signame}" in stdout
     ckpt = sorted((out / "checkpoints").glob("ckpt-*.pt"))[-1]
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     assert state["step"] == summary(out)["steps"]
 
 

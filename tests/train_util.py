@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from tests.mpi_util import REPO, run_ranks
-from toolkit.launcher import launcher_env
+from toolkit.mpi_policy import launcher_env
 
 FAST = ["--model", "small_cnn", "--dataset", "digits", "--batch-size", "32",
         "--log-interval", "5", "--threads", "1"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from toolkit import dist
+from toolkit import job
 from toolkit.checkpoint import Checkpointer, CheckpointError, load_checkpoint
 from toolkit.data import load_dataset, shard_loader, steps_per_epoch
 from toolkit.data.pipeline import TrainLoader, default_workers
@@ -94,7 +94,7 @@ def evaluate(model, dataset, ctx, batch_size, device=torch.device("cpu")):
                                     (out.argmax(1) == y).sum().item(), len(y)],
                                    dtype=torch.float64)
     model.train()
-    loss_sum, correct, n = dist.allreduce_sum(totals, name="eval.totals").tolist()
+    loss_sum, correct, n = job.allreduce_sum(totals, name="eval.totals").tolist()
     return loss_sum / n, correct / n
 
 
@@ -199,7 +199,7 @@ class Trainer:
             self.loss_scale.load_state_dict(state["loss_scale"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch, self.start_step = state["step_in_epoch"], state["step"]
-        dist.root_print(self.ctx, f"resumed from {path} at epoch {self.epoch} step {self.step}")
+        job.root_print(self.ctx, f"resumed from {path} at epoch {self.epoch} step {self.step}")
         return True
 
     # ---- the run ------------------------------------------------------------------------
@@ -238,10 +238,10 @@ class Trainer:
 
     def announce(self):
         cfg, ctx = self.cfg, self.ctx
-        dist.root_print(ctx, f"training {cfg.model} (norm={cfg.norm}) on {cfg.dataset} with "
-                        f"{cfg.strategy} over {ctx.size} rank(s) [{ctx.launcher}]: "
-                        f"{self.steps_epoch} steps/epoch x {cfg.epochs} epochs, batch "
-                        f"{cfg.batch_size}/rank, lr {self.peak_lr:g}")
+        job.root_print(ctx, f"training {cfg.model} (norm={cfg.norm}) on {cfg.dataset} with "
+                       f"{cfg.strategy} over {ctx.size} rank(s) [{ctx.launcher}]: "
+                       f"{self.steps_epoch} steps/epoch x {cfg.epochs} epochs, batch "
+                       f"{cfg.batch_size}/rank, lr {self.peak_lr:g}")
 
     def train_epoch(self):
         """Steps until the epoch ends, the step budget is spent or a stop is agreed on."""
@@ -345,16 +345,16 @@ class Trainer:
         # Stopped inside an epoch (--max-steps): name the epoch it is in, not the last one done.
         epoch = f"{self.epoch}/{self.cfg.epochs}" if self.step_in_epoch == 0 else \
             f"{self.epoch + 1}/{self.cfg.epochs} ({self.step_in_epoch}/{self.steps_epoch} steps)"
-        dist.root_print(ctx, f"epoch {epoch} step {self.step}: "
-                        f"train_loss={meter.loss:.4f} "
-                        f"test_loss={self.last_eval['test_loss']:.4f} "
-                        f"test_acc={self.last_eval['test_acc']:.4f} images/s={images_per_s:.0f}"
+        job.root_print(ctx, f"epoch {epoch} step {self.step}: "
+                       f"train_loss={meter.loss:.4f} "
+                       f"test_loss={self.last_eval['test_loss']:.4f} "
+                       f"test_acc={self.last_eval['test_acc']:.4f} images/s={images_per_s:.0f}"
                         + (f" d={self.delay_change[0]}->{self.delay_change[1]}"
                            if self.delay_change else ""))
 
     def say_stopped(self):
-        dist.root_print(self.ctx, f"stopped by {self.stopped_by} at step {self.step}: "
-                        f"checkpoint {self.ckpt_path}; continue with --resume")
+        job.root_print(self.ctx, f"stopped by {self.stopped_by} at step {self.step}: "
+                       f"checkpoint {self.ckpt_path}; continue with --resume")
 
     def summary(self):
         cfg, ctx = self.cfg, self.ctx

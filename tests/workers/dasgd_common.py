@@ -7,7 +7,7 @@ from torch import nn
 
 
 def init_horovod():
-    from toolkit.dist.startup import init_horovod
+    from toolkit.job.startup import init_horovod
     hvd = init_horovod()  # stall settings before hvd.init(), Horovod's threads reniced
     torch.set_num_threads(1)
     return hvd

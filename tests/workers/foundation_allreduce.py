@@ -4,9 +4,9 @@ import sys
 import horovod.torch as hvd
 import torch
 
-from toolkit import dist
+from toolkit import job
 
-ctx = dist.init()
+ctx = job.init()
 n = ctx.size
 total = hvd.allreduce(torch.full((4,), float(ctx.rank + 1)), op=hvd.Sum, name="check.sum")
 mean = hvd.allreduce(torch.full((4,), float(ctx.rank + 1)), op=hvd.Average, name="check.avg")

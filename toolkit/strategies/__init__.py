@@ -1,6 +1,6 @@
 """Training strategies over Horovod, by name: none, sync, local and dasgd.
 
-    from toolkit.dist.startup import init_horovod
+    from toolkit.job.startup import init_horovod
     from toolkit.strategies import make_strategy
     hvd = init_horovod("dasgd")
     strategy = make_strategy("dasgd", model, optimizer, period=1, delay=1)
@@ -25,7 +25,7 @@ def make_strategy(name, model, optimizer, *, period=1, delay=1, warmup_steps=0,
                   avg_dtype="fp32", fragments=1):
     """Wrap `optimizer` (already built on `model`'s parameters) in the named strategy.
 
-    Horovod must be initialised (toolkit.dist.init() or init_horovod()). The model is
+    Horovod must be initialised (toolkit.job.init() or init_horovod()). The model is
     broadcast from rank 0. `period`, `delay` (an integer or "auto"), `avg_dtype`
     ("fp32", "bf16", "fp16") and `fragments` apply to dasgd (period also to local),
     `warmup_steps` to both.

@@ -6,7 +6,7 @@ import torch
 
 from .flat import FlatBuffer
 from .optimizer_state import align_optimizer_state
-from toolkit.dist.startup import comm_timeout_s
+from toolkit.job.startup import comm_timeout_s
 
 from .watchdog import wait_handle
 

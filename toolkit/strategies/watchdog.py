@@ -7,7 +7,7 @@ strategies polls the handle and raises RuntimeError after a deadline.
 """
 import time
 
-from toolkit.dist.startup import COMM_TIMEOUT_ENV
+from toolkit.job.startup import COMM_TIMEOUT_ENV
 
 
 class CommunicationError(RuntimeError):

@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from toolkit.studies import first_epoch_reaching, mean_std
+from experiments.studies.digits import first_epoch_reaching, mean_std
 
 MODELS = ("small_cnn", "vit_tiny")
 KS = (1, 4, 10, 50)

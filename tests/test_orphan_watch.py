@@ -4,7 +4,7 @@ import signal
 import pytest
 
 from tests.fault_util import start
-from toolkit.launcher_watch import timeout_signal
+from toolkit.orphan_watch import timeout_signal
 
 
 @pytest.mark.parametrize("argv, expected", [

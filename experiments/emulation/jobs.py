@@ -3,9 +3,9 @@ command lines that place ranks on named nodes over the nodes' own interface."""
 import os
 import sys
 
-from toolkit.emulation.network import NODE_IFACE
-from toolkit.emulation.procs import run_in_group
-from toolkit.launcher import launcher_env
+from experiments.emulation.network import NODE_IFACE
+from experiments.emulation.procs import run_in_group
+from toolkit.mpi_policy import launcher_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What ranks on another node need from the launching shell (Open MPI forwards only OMPI_*

@@ -43,7 +43,7 @@ def _is_horovod_error(exc):
 
 def classify(exc):
     """(exit code, is this rank's own cause) for an exception that ended the run."""
-    from toolkit.dist import LaunchError
+    from toolkit.job import LaunchError
     from toolkit.strategies import CommunicationError
     from toolkit.train import Diverged
 

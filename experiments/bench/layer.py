@@ -51,7 +51,7 @@ def step_times(models, x, y, steps=5, warmup=2, lr=0.1, periods=None):
     """Median seconds per training step of each model; rounds interleave the models.
     periods[name] = p: that model runs p consecutive steps per round (a whole stats_every
     period) and its sample is their mean. On a GPU (x on CUDA) with CUDA events."""
-    from toolkit.bench.device import timed
+    from experiments.bench.device import timed
     periods = periods or {}
     opts = {name: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for name, m in
             models.items()}

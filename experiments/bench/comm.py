@@ -6,7 +6,7 @@ blocks of steps within one job, so all of them see the same machine load, and ra
 writes each strategy's median step time (slowest rank) as JSON. launch/bench_comm.py starts these jobs
 inside a rate-limited network namespace and compares the strategies.
 
-    python -m toolkit.bench.comm --strategies none,sync,local,dasgd --out result.json
+    python -m experiments.bench.comm --strategies none,sync,local,dasgd --out result.json
 """
 import argparse
 import json
@@ -209,7 +209,7 @@ class _Contender:
     take turns."""
 
     def __init__(self, name, args, make_strategy, build_model):
-        from toolkit.bench.peers import PEER_NAMES, TorchPeer
+        from experiments.bench.peers import PEER_NAMES, TorchPeer
         torch.manual_seed(args.seed)
         self.name = name
         self.model = build_model(args.model, num_classes=10, in_channels=3,
@@ -243,11 +243,11 @@ class _Contender:
 def run_worker(args):
     """All strategies in one job, taking turns in blocks of steps (the order rotates every
     round), so that they all see the same load on a shared machine."""
-    from toolkit.dist.startup import communication_threads, init_horovod
-    from toolkit.bench.peers import PEER_NAMES, init_torch_distributed
+    from toolkit.job.startup import communication_threads, init_horovod
+    from experiments.bench.peers import PEER_NAMES, init_torch_distributed
     from toolkit.strategies import make_strategy
     hvd = init_horovod()
-    from toolkit.bench.device import benchmark_device
+    from experiments.bench.device import benchmark_device
     benchmark_device(args.device, local_rank=hvd.local_rank())  # cuda: this rank's GPU
     if args.comm_cpu is not None:
         give_communication_a_core(args.comm_cpu, communication_threads())
@@ -327,7 +327,7 @@ def run_worker(args):
 
 
 def worker_parser():
-    p = argparse.ArgumentParser(prog="python -m toolkit.bench.comm",
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.comm",
                                 description="one rank of the communication-hiding benchmark")
     p.add_argument("--strategies", default="none,sync,local,dasgd",
                    help="comma-separated, taking turns in one job")

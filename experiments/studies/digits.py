@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import sys
 
-from toolkit.launcher import launcher_env, mpirun_argv
+from toolkit.mpi_policy import launcher_env, mpirun_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

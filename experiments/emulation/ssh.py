@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import time
 
-from toolkit.emulation.procs import alive, read_pid, stop_pid
+from experiments.emulation.procs import alive, read_pid, stop_pid
 
 SSHD = "/usr/sbin/sshd"
 # sshd refuses to start without its privilege-separation directory (normally made by the

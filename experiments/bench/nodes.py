@@ -2,7 +2,7 @@
 the projection (launch.scaling project, calibrated on 2 nodes) against measurements on 3
 and more nodes. launch/bench_nodes.py runs the jobs on emulated nodes.
 
-    python -m toolkit.bench.nodes --sizes 65536,1048576 --repeats 5 --out allreduce.json
+    python -m experiments.bench.nodes --sizes 65536,1048576 --repeats 5 --out allreduce.json
 """
 import argparse
 import json
@@ -192,7 +192,7 @@ def to_markdown(report):
 
 
 def worker_parser():
-    p = argparse.ArgumentParser(prog="python -m toolkit.bench.nodes",
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.nodes",
                                 description="one rank of the allreduce-by-size timing")
     p.add_argument("--sizes", required=True, help="message sizes in bytes, comma-separated")
     p.add_argument("--repeats", type=int, default=5)
