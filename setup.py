@@ -74,6 +74,7 @@ setup(
     name="hpc-invariance-toolkit",
     version="0.1.0",
     description="Distributed training on MPI/SLURM with the invariance layer and DaSGD",
+    # experiments/ (benchmarks, studies, emulated cluster) and tests/ stay in the checkout.
     packages=find_packages(include=["toolkit", "toolkit.*", "launch", "launch.*",
                                     "models", "models.*"]),
     package_data={"toolkit": ["csrc/*.h", "csrc/*/*.h", "openmpi_coll_rules.conf"]},

@@ -61,7 +61,9 @@ def parser():
     s.add_argument("--account", default=None)
     s.add_argument("--sbatch-arg", action="append", default=[], dest="sbatch_args",
                    help="extra sbatch option, repeatable, e.g. --sbatch-arg=--qos=debug")
-    s.add_argument("--template", default=None, help="default: slurm/train.sbatch")
+    s.add_argument("--template", metavar="FILE", default=None,
+                   help="the sbatch script of every job (default: slurm/train.sbatch of the "
+                        "source checkout)")
     s.add_argument("--dry-run", action="store_true", help="print the sbatch commands only")
     s.add_argument("--wait", action="store_true", help="wait until every job has finished")
     s.add_argument("--timeout", type=float, default=24 * 3600, help="seconds for --wait")

@@ -87,12 +87,24 @@ def run(cfg, ctx, trainer, started):
     summary["wall_s"] = time.time() - started
     if ctx.is_root:
         write_json(os.path.join(cfg.out, "summary.json"), summary)
-        from experiments.curves import plot_finished_run
-        job.line_print(plot_finished_run(cfg.out))
+        job.line_print(plot_line(cfg.out))
         acc = summary["test_acc"]
         acc_text = "none" if acc is None else f"{acc:.3f}"
         job.line_print(f"final: test_acc={acc_text} images_per_s={summary['images_per_s']:.1f} "
                        f"metrics={summary['metrics']} checkpoint={summary['checkpoint']}")
+
+
+def plot_line(out):
+    """Draws the run's plot.png; returns the line to print. The plotting code
+    (experiments/curves.py) is in the source checkout only: an installed toolkit notes that."""
+    try:
+        from experiments.curves import plot_finished_run
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("experiments", "experiments.curves"):
+            raise
+        return ("note: no plot.png (experiments/curves.py, which draws it, is in the source "
+                "checkout only)")
+    return plot_finished_run(out)
 
 
 if __name__ == "__main__":

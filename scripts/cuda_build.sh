@@ -55,9 +55,11 @@ check_versions() {
 # their times so that ninja recompiles only what changed.
 stage_tree() {
     mkdir -p "$TREE"
-    rm -rf "$TREE/toolkit" "$TREE/launch" "$TREE/models" "$TREE/tests" "$TREE/scripts"
+    rm -rf "$TREE/toolkit" "$TREE/experiments" "$TREE/launch" "$TREE/models" "$TREE/tests" \
+        "$TREE/scripts"
     tar -cf - --exclude='*.so' --exclude=__pycache__ \
-        setup.py pyproject.toml pytest.ini toolkit launch models tests scripts | tar -xf - -C "$TREE"
+        setup.py pyproject.toml pytest.ini toolkit experiments launch models tests scripts | \
+        tar -xf - -C "$TREE"
 }
 
 build() {

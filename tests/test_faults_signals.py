@@ -113,7 +113,7 @@ def test_timeout_around_the_launcher(tmp_path, case, launcher, sig, reason):
 
 @pytest.mark.parametrize("case", ["kill-mpirun"])
 def test_no_rank_outlives_a_killed_mpirun(tmp_path, case):
-    """Open MPI's ranks abort once their daemon is gone (before the launcher watch could
+    """Open MPI's ranks abort once their daemon is gone (before the orphan watch could
     ask for a stop): nothing keeps running, and the last checkpoint is whole."""
     out, code, stdout, stderr, seconds = run_and_signal(tmp_path, "mpirun", signal.SIGKILL)
     assert code == -signal.SIGKILL

@@ -1,6 +1,8 @@
 """The Open MPI collective rules the launchers install (toolkit/openmpi_coll_rules.conf)."""
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -57,6 +59,20 @@ def test_launcher_env_sets_the_rules_unless_the_user_tunes_collectives(monkeypat
     env = launcher_env({"OMPI_MCA_coll_tuned_use_dynamic_rules": "0"})
     assert env["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "0"
     assert "OMPI_MCA_coll_tuned_dynamic_rules_filename" not in env
+
+
+def test_old_module_name_prints_the_same_env_lines():
+    """Job scripts `eval` the output of `python -m toolkit.launcher env`: under its old name
+    the policy prints the same lines on stdout and one note on stderr."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda module: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", module, "env", "--ntasks", "2"], cwd=repo, capture_output=True,
+        text=True, timeout=60)
+    new, old = run("toolkit.mpi_policy"), run("toolkit.launcher")
+    assert new.returncode == old.returncode == 0, old.stderr
+    assert old.stdout == new.stdout and new.stdout.startswith("export ")
+    assert old.stderr == ("note: toolkit.launcher is now toolkit.mpi_policy "
+                          "(python -m toolkit.mpi_policy ...)\n")
 
 
 @pytest.mark.mpi

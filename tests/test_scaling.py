@@ -90,6 +90,17 @@ def test_sweep_rejects_bad_input(tmp_path, changes, message):
     assert message in str(err.value)
 
 
+def test_sweep_without_a_checkout_asks_for_the_template(tmp_path, monkeypatch):
+    from toolkit.scaling import sweep
+    monkeypatch.setattr(sweep, "toolkit_root", lambda: str(tmp_path))  # no slurm/ there
+    with pytest.raises(ValueError, match="pass --template FILE"):
+        plan(SweepConfig(workers=[1], out=str(tmp_path / "sw")))
+    template = tmp_path / "job.sbatch"
+    template.write_text("#!/bin/bash\n")
+    jobs = plan(SweepConfig(workers=[1], out=str(tmp_path / "sw"), template=str(template)))
+    assert jobs and all(str(template) in job.argv for job in jobs)
+
+
 def test_sweep_cli_dry_run_prints_commands(tmp_path):
     out = tmp_path / "sw"
     proc = run_cli("sweep", "--workers", "1,2", "--modes", "weak", "--out", out, "--dry-run",

@@ -181,7 +181,7 @@ class LauncherWatch:
         self.shell_pid = horovodrun_shell(self.launcher_pid)
         self.gone = None
         self.last_tick = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="launcher-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="orphan-watch", daemon=True)
 
     def start(self):
         """Start the thread and take SIGCONT (call from the main thread)."""

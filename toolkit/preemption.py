@@ -69,7 +69,7 @@ def finished():
 
 
 def ended_by_launcher():
-    """True when the stop was asked for by the launcher watch (the launcher is gone or is
+    """True when the stop was asked for by the orphan watch (the launcher is gone or is
     ending the job), not by a signal to this rank."""
     return _flag is not None and _flag.by_program
 

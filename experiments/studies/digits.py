@@ -10,7 +10,7 @@ import sys
 
 from toolkit.mpi_policy import launcher_env, mpirun_argv
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_training(out, ranks, args):

@@ -37,7 +37,7 @@ class SweepConfig:
     partition: str = None
     account: str = None
     sbatch_args: list = field(default_factory=list)
-    template: str = None            # default: <toolkit root>/slurm/train.sbatch
+    template: str = None            # default: default_template()
     train_args: list = field(default_factory=list)
 
 
@@ -54,6 +54,16 @@ class PlannedJob:
 
 def toolkit_root():
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def default_template():
+    """slurm/train.sbatch of the source checkout this toolkit runs from. An installed toolkit
+    has no slurm/ (it is not a package): then the user names the file with --template."""
+    path = os.path.join(toolkit_root(), "slurm", "train.sbatch")
+    if not os.path.isfile(path):
+        raise ValueError("no default sbatch template (slurm/train.sbatch is in the source "
+                         "checkout, not in an installed toolkit): pass --template FILE")
+    return path
 
 
 def _positive(name, value):
@@ -93,7 +103,7 @@ def validate(cfg):
         if arg.split("=")[0] in RESERVED_TRAIN_ARGS:
             raise ValueError(f"training argument {arg.split('=')[0]} is set by the sweep per "
                              f"job; use the sweep options instead")
-    template = cfg.template or os.path.join(toolkit_root(), "slurm", "train.sbatch")
+    template = cfg.template or default_template()
     if not os.path.isfile(template):
         raise ValueError(f"sbatch template not found: {template}")
 
@@ -119,7 +129,7 @@ def sbatch_argv(cfg, *, workers, job_name, run_dir, train_args):
             argv.append(f"{flag}={value}")
     argv += list(cfg.sbatch_args)
     argv.append(f"--export=ALL,TOOLKIT_LAUNCHER={cfg.launcher},TOOLKIT_ROOT={root}")
-    argv.append(cfg.template or os.path.join(root, "slurm", "train.sbatch"))
+    argv.append(cfg.template or default_template())
     return argv + list(train_args)
 
 

@@ -93,9 +93,6 @@ class _Fragment:
     def views(self, tensors):
         return piece_views(tensors, self.pieces)
 
-    def launches_at(self, since, period):
-        return since - self.offset > 0 and (since - self.offset) % period == 0
-
     def slot_for(self, since, period):
         """The slot of the launch at `since` (launches of a fragment use its slots in turn)."""
         launches_before = (since - self.offset) // period - 1

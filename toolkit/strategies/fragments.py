@@ -53,10 +53,6 @@ def piece_views(tensors, pieces):
     return views
 
 
-def fragment_numel(tensors, pieces):
-    return sum(stop - start for _, start, stop in pieces)
-
-
 def check_fragments(value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"fragments must be an integer >= 1, got {value!r}")
