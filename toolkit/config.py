@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field, fields
 STRATEGY_CHOICES = ("none", "sync", "local", "dasgd")
 NORM_CHOICES = ("bn", "inv", "none")
 # What a checkpoint must agree with to be resumed by this run (besides the world size).
-RESUME_KEYS = ("model", "norm", "dataset", "batch_size", "strategy", "period", "delay", "seed",
-               "optimizer", "betas", "label_smoothing", "grad_clip", "amp")
+RESUME_KEYS = ("model", "norm", "dataset", "train_subset", "val_size", "batch_size", "strategy",
+               "period", "delay", "seed", "optimizer", "betas", "label_smoothing", "grad_clip",
+               "amp")
 # Written into config.json beside the options: facts of the run, not choices.
 RUN_FACTS = ("world_size", "launcher")
 # Run-specific: a saved configuration re-runs into a new directory unless told otherwise.
@@ -35,6 +36,20 @@ def option(default, help, group, *, choices=None, flag=None, metavar=None, nargs
     meta = {"help": help, "group": group, "choices": choices, "flag": flag,
             "metavar": metavar, "nargs": nargs, "const": const}
     return field(default=default, metadata=meta)
+
+
+def dataset_names():
+    # Imported when asked, not with this module: launch.train parses options after its
+    # signal set-up, and toolkit.data brings torch.
+    from toolkit.data import DATASETS
+    return tuple(DATASETS)
+
+
+def dataset_help():
+    """--dataset's help, made from the registry so that a new data set shows up by itself."""
+    from toolkit.data import DATASETS
+    return "dataset name: " + ", ".join(f"{name} ({load.about})"
+                                        for name, load in DATASETS.items())
 
 
 def int_or_auto(text):
@@ -58,9 +73,16 @@ class RunConfig:
                         "resnet18, resnet50, vgg11, vgg16, vit_tiny", MODEL)
     norm: str = option("inv", "bn = BatchNorm, inv = the invariance layer, none = plain convs",
                        MODEL, choices=NORM_CHOICES)
-    dataset: str = option("digits", "dataset name: digits (bundled with scikit-learn), "
-                          "cifar10, cifar100, imagefolder, synthetic", MODEL)
-    data_dir: str = option(None, "dataset location on disk", MODEL)
+    dataset: str = option("digits", dataset_help, MODEL)
+    data_dir: str = option(None, "dataset location on disk (fashion_mnist without it: "
+                           "where Debian's dataset-fashion-mnist puts its files)", MODEL)
+    val_size: int = option(None, "fashion_mnist, mnist: training images held out for "
+                           "validation, drawn with a fixed seed (not --seed) from the whole "
+                           "training file; 0: none; none given: 5000", MODEL, metavar="N")
+    train_subset: int = option(None, "fashion_mnist, mnist: train on only the first N training "
+                               "images of the file that are not held out for validation "
+                               "(the validation part stays the same); none given: all",
+                               MODEL, metavar="N")
     image_size: int = option(None, "image size for imagefolder/synthetic data; none given: 224 "
                              "for imagefolder, 32 for synthetic", MODEL)
     workers: int = option(None, "data loader worker processes per rank, kept across epochs "
@@ -134,6 +156,9 @@ class RunConfig:
                       "runs/<time>_<model>_<norm>_<strategy>_np<N>", RUN)
     checkpoint_interval: int = option(0, "also checkpoint every N steps (0: only at the end of "
                                       "each epoch)", RUN)
+    eval_interval: int = option(0, "also evaluate (val and test) every STEPS global steps, "
+                                "each evaluation logged with its step (0: only at the end of "
+                                "each epoch)", RUN, metavar="STEPS")
     keep: int = option(3, "checkpoints to keep", RUN)
     resume: str = option(None, "continue from the newest checkpoint in --out (or from CKPT)",
                          RUN, nargs="?", const="latest", metavar="CKPT")
@@ -164,8 +189,10 @@ class RunConfig:
             _check_int(name, getattr(self, name), 1)
         if self.delay != "auto":
             _check_int("delay", self.delay, 0)
-        for name in ("warmup_steps", "max_steps", "checkpoint_interval", "threads",
-                     "stop_after_epochs", "seed"):
+        if self.dataset not in dataset_names():
+            _fail("dataset", f"must be one of {', '.join(dataset_names())}", self.dataset)
+        for name in ("warmup_steps", "max_steps", "checkpoint_interval", "eval_interval",
+                     "threads", "stop_after_epochs", "seed"):
             _check_int(name, getattr(self, name), 0)
         for name in ("weight_decay", "momentum", "warmup_epochs", "grad_clip",
                      "label_smoothing"):
@@ -174,6 +201,10 @@ class RunConfig:
             _fail("label_smoothing", "must be below 1", self.label_smoothing)
         if self.workers is not None:
             _check_int("workers", self.workers, 0)
+        if self.val_size is not None:
+            _check_int("val_size", self.val_size, 0)
+        if self.train_subset is not None:
+            _check_int("train_subset", self.train_subset, 1)
         from toolkit.optim import parse_betas
         try:  # canonical text, so that a resume compares values rather than spellings
             self.betas = ",".join(f"{b:g}" for b in parse_betas(self.betas))
@@ -215,7 +246,10 @@ class RunConfig:
                 "sync": self.inv_sync, "method": self.inv_method, "freeze": self.inv_freeze}
 
     def data_options(self):
-        return {"image_size": self.image_size} if self.image_size else {}
+        """The loader's options that were given (a data set without them refuses them)."""
+        given = {"image_size": self.image_size, "val_size": self.val_size,
+                 "train_subset": self.train_subset}
+        return {key: value for key, value in given.items() if value is not None}
 
     def resume_keys(self):
         """The options a checkpoint must share with this run (the layer's only with inv)."""
@@ -271,7 +305,8 @@ def add_options(parser):
         group = groups.get(meta["group"]) or groups.setdefault(
             meta["group"], parser.add_argument_group(meta["group"]))
         flag = meta["flag"] or "--" + spec.name.replace("_", "-")
-        kwargs = {"default": spec.default, "help": meta["help"], "dest": spec.name}
+        help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
+        kwargs = {"default": spec.default, "help": help_text, "dest": spec.name}
         if spec.type in (bool, "bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

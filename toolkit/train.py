@@ -83,7 +83,7 @@ def check_out_dir(path):
 
 
 def evaluate(model, dataset, ctx, batch_size, device=torch.device("cpu")):
-    """Test loss and accuracy over the whole test set (each rank scores its shard)."""
+    """Loss and accuracy over the whole of `dataset` (each rank scores its shard)."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
@@ -96,6 +96,10 @@ def evaluate(model, dataset, ctx, batch_size, device=torch.device("cpu")):
     model.train()
     loss_sum, correct, n = job.allreduce_sum(totals, name="eval.totals").tolist()
     return loss_sum / n, correct / n
+
+
+def scores_text(scores):
+    return " ".join(f"{key}={value:.4f}" for key, value in scores.items())
 
 
 def train_step(model, strategy, x, y, lr, *, amp="off", label_smoothing=0.0, loss_scale=None):
@@ -275,6 +279,11 @@ class Trainer:
                 self.checkpoint()
             if self.step >= self.total_steps:
                 break
+            # self.step is the same on every rank, so all of them evaluate (collectives) at
+            # the same step. The epoch's last step is left to fit(), which evaluates then.
+            if cfg.eval_interval and self.step % cfg.eval_interval == 0 and \
+                    self.step_in_epoch < self.steps_epoch:
+                self.evaluate_at_interval()
             t0 = time.perf_counter()  # the next step's clock: its loading, not the checkpoint
         bar.close()
 
@@ -330,9 +339,26 @@ class Trainer:
         self.saved_step = self.step
 
     def evaluate(self):
-        test_loss, test_acc = evaluate(self.model, self.data.test, self.ctx,
-                                       self.cfg.batch_size, self.device)
-        return {"test_loss": test_loss, "test_acc": test_acc}
+        """val (where the data set has one) and test; the model must be the same on all
+        ranks (after checkpoint() or synchronize_model())."""
+        scores = {}
+        for split in ("val", "test") if self.data.val is not None else ("test",):
+            loss, acc = evaluate(self.model, getattr(self.data, split), self.ctx,
+                                 self.cfg.batch_size, self.device)
+            scores.update({f"{split}_loss": loss, f"{split}_acc": acc})
+        # epoch: the one it is in (mid-epoch) or the one just finished, as in "epoch" records.
+        self.log.write("eval", epoch=self.epoch + int(self.step_in_epoch > 0), step=self.step,
+                       **scores)
+        return scores
+
+    def evaluate_at_interval(self):
+        """--eval-interval inside an epoch: the model made the same on every rank, as for a
+        checkpoint (unless one was just written at this step), then val and test."""
+        if self.saved_step != self.step:
+            self.vote.drain()
+            self.strategy.synchronize_model()
+        self.last_eval = self.evaluate()
+        job.root_print(self.ctx, f"step {self.step}: {scores_text(self.last_eval)}")
 
     def evaluate_and_log(self):
         self.last_eval = self.evaluate()
@@ -346,9 +372,8 @@ class Trainer:
         epoch = f"{self.epoch}/{self.cfg.epochs}" if self.step_in_epoch == 0 else \
             f"{self.epoch + 1}/{self.cfg.epochs} ({self.step_in_epoch}/{self.steps_epoch} steps)"
         job.root_print(ctx, f"epoch {epoch} step {self.step}: "
-                       f"train_loss={meter.loss:.4f} "
-                       f"test_loss={self.last_eval['test_loss']:.4f} "
-                       f"test_acc={self.last_eval['test_acc']:.4f} images/s={images_per_s:.0f}"
+                       f"train_loss={meter.loss:.4f} {scores_text(self.last_eval)} "
+                       f"images/s={images_per_s:.0f}"
                         + (f" d={self.delay_change[0]}->{self.delay_change[1]}"
                            if self.delay_change else ""))
 
@@ -362,6 +387,8 @@ class Trainer:
                 "epochs": cfg.epochs, "epochs_done": self.epoch, "steps": self.step,
                 "lr": self.peak_lr, "test_acc": self.last_eval.get("test_acc"),
                 "test_loss": self.last_eval.get("test_loss"),
+                "val_acc": self.last_eval.get("val_acc"),
+                "val_loss": self.last_eval.get("val_loss"),
                 "images_per_s": self.train_images / max(self.train_seconds, 1e-9),
                 "step_s": self.train_seconds / max(self.step - self.start_step, 1),
                 "comm_wait_s": self.strategy.comm_wait_s, "wall_s": None,
