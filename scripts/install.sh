@@ -30,6 +30,21 @@ elif ! dpkg -s openmpi-bin libopenmpi-dev >/dev/null 2>&1; then
     apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
 fi
 
+# 1b. Fashion-MNIST for --dataset fashion_mnist: Debian's dataset-fashion-mnist (four IDX
+#     files, 30 MB). Optional, so a machine without apt-get (or without root) only gets a
+#     note: such a run says how to get the files, and the other data sets work as before.
+if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    :
+elif ! command -v apt-get >/dev/null; then
+    say "note: no apt-get, so no Fashion-MNIST: --dataset fashion_mnist needs --data-dir DIR with its four IDX files"
+else
+    say "apt: dataset-fashion-mnist"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; then
+        say "note: apt-get could not install dataset-fashion-mnist; --dataset fashion_mnist needs it (or --data-dir DIR)"
+    fi
+fi
+
 # 2. Virtual environment with the CPU torch wheel. torch is installed first and alone,
 #    pinned exactly, so that no later requirement can resolve to a CUDA build.
 if [ ! -x $VENV/bin/python ]; then
