@@ -24,6 +24,7 @@ import tempfile
 from experiments.bench.comm import (check_comm_cpu, format_rate, rate_bits_per_s, ratios,
                                 round_ratio_spread, timeline_rounds)
 from experiments.emulation.procs import run_in_group
+from experiments.provenance import provenance, start
 from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,6 +147,7 @@ def calibrate(net, args, transport, out_dir, say, start_rate=None):
 
 
 def main(argv=None):
+    started = start()
     args = parser().parse_args(argv)
     from experiments.bench.device import check_device
     check_device(args.device)
@@ -241,6 +243,8 @@ def main(argv=None):
                                          "postlocal_over_none", "dasgd_over_fastest_peer",
                                          "hidden_fraction")})
     report["transport"] = transports[0]
+    report["provenance"] = provenance(argv, started, threads=args.threads,
+                                      module="launch.bench_comm")
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     say(f"wrote {args.json}")

@@ -24,6 +24,8 @@ import time
 import numpy as np
 import torch
 
+from experiments.provenance import provenance, start
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m launch.bench_data",
@@ -149,6 +151,7 @@ def markdown(result, command):
 
 
 def main(argv=None):
+    started = start()
     args = parse_args(argv)
     from toolkit.data import DataError, load_dataset
     cores = len(os.sched_getaffinity(0))
@@ -195,7 +198,9 @@ def main(argv=None):
                                                         else sys.argv[1:])
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(dict(result, command=command.strip()), handle, indent=2)
+            json.dump(dict(result, command=command.strip(), provenance=provenance(
+                argv, started, threads=args.threads or cores, module="launch.bench_data")),
+                handle, indent=2)
             handle.write("\n")
     if args.md:
         with open(args.md, "w") as handle:

@@ -18,6 +18,8 @@ import sys
 
 import torch
 
+from experiments.provenance import provenance, start
+
 TARGETS = {"inv_over_bn_k10": ("<=", 1.25), "inv_over_floor": ("<=", 1.10),
            "ref_over_inv": (">=", 2.0)}
 PERIOD = 10
@@ -65,11 +67,12 @@ def verdict(name, value):
 
 
 def main(argv=None):
+    started = start()
     args = parse_args(argv)
     from experiments.bench.device import benchmark_device
     device = benchmark_device(args.device, needs_cuda_kernels=True)
     if device.type == "cuda":
-        return cuda_main(args, device)
+        return cuda_main(args, device, argv, started)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from experiments.bench.layer import (floor_estimate, format_table, layer_table, make_batch,
@@ -107,6 +110,8 @@ def main(argv=None):
         result["layers"] = rows
         print(format_table(rows))
     if args.json:
+        result["provenance"] = provenance(argv, started, threads=args.threads,
+                                          module="launch.bench_layer")
         write_result(args.json, result)
     return result
 
@@ -118,7 +123,7 @@ def write_result(path, result):
     print(f"wrote {path}")
 
 
-def cuda_main(args, device):
+def cuda_main(args, device, argv=None, started=None):
     """The step times and their ratios on a GPU (the floor and the per-layer table measure
     BLAS, LAPACK and the CPU profiler, so they stay CPU analyses)."""
     from experiments.bench.layer import make_batch, step_times
@@ -141,6 +146,8 @@ def cuda_main(args, device):
     for name in ("inv_over_bn_k10", "ref_over_inv"):
         print(verdict(name, result[name]), flush=True)
     if args.json:
+        result["provenance"] = provenance(argv, started or start(), threads=args.threads,
+                                          module="launch.bench_layer")
         write_result(args.json, result)
     return result
 

@@ -27,6 +27,7 @@ from experiments.emulation.jobs import (mpirun_nodes_argv, node_env, run_on_node
 from experiments.emulation.network import NodeNetwork, check_rate, rate_bytes_per_s
 from experiments.emulation.packages import ensure_programs
 from experiments.emulation.ssh import NodeSsh
+from experiments.provenance import provenance, start
 from toolkit.mpi_policy import python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +113,7 @@ def project(bench_json, workers, delay, prefix):
 
 
 def main(argv=None):
+    started = start()
     args = parser().parse_args(argv)
     try:
         check_rate(args.rate)
@@ -126,10 +128,10 @@ def main(argv=None):
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     command = "python -m launch.bench_nodes " + " ".join(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="bench_nodes_out_") as out_dir:
-        return _run(args, workers, extra, out_dir, say, command)
+        return _run(args, workers, extra, out_dir, say, command, argv, started)
 
 
-def _run(args, workers, extra, out_dir, say, command):
+def _run(args, workers, extra, out_dir, say, command, argv=None, started=None):
     measured, model_bytes = {}, average_bytes(args.model)
     sizes = sorted(set(extra) | {model_bytes})
     with Nodes(max(workers), args.rate) as nodes:
@@ -168,6 +170,8 @@ def _run(args, workers, extra, out_dir, say, command):
               "fit_with_call_overhead": fit_with_call_overhead(points),
               "checks": checks, "target": args.target}
     report["within_target"] = within(checks, args.target)
+    report["provenance"] = provenance(argv, started or start(), threads=1,
+                                      module="launch.bench_nodes")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)

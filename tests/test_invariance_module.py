@@ -178,6 +178,7 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
                                                     saved["floor_inv_step_s"])
     # k = 10 is timed over whole periods: one sample per round, the mean of 10 steps
     assert len(saved["samples_s"]["inv_k10"]) == 1
+    assert saved["provenance"]["command"].startswith("python -m launch.bench_layer --json ")
     assert saved["layers"] and {"forward_ms", "backward_ms", "share_stats", "share_inv_sqrt",
                                 "share_conv"} <= set(saved["layers"][0])
     # the lower bound: one row per invariance layer, every part measured, bound below the step
