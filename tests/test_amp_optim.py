@@ -112,7 +112,7 @@ def test_adamw_with_every_strategy_on_two_ranks():
 
 
 def _final_model(out):
-    return torch.load(summary(out)["checkpoint"], weights_only=False)["model"]
+    return torch.load(summary(out)["checkpoint"], weights_only=True)["model"]
 
 
 @pytest.mark.slow

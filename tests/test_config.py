@@ -117,7 +117,7 @@ def test_resume_refuses_other_layer_options(tmp_path):
     assert proc.returncode == 0, proc.stderr
     saved = json.loads((out / "summary.json").read_text())
     assert saved["inv_stats_every"] == 2 and saved["inv_sampling_stride"] == "auto"
-    state = torch.load(next((out / "checkpoints").glob("ckpt-*.pt")), weights_only=False)
+    state = torch.load(next((out / "checkpoints").glob("ckpt-*.pt")), weights_only=True)
     assert state["config"]["inv_stats_every"] == 2
     proc = train_single("--max-steps", "3", "--epochs", "1", "--inv-stats-every", "3",
                         "--inv-sampling-stride", "auto", "--out", out, "--resume")

@@ -158,7 +158,7 @@ TREE_RUN = ["--dataset", "imagefolder", "--image-size", "8", "--batch-size", "8"
 
 
 def _final_model(out):
-    return torch.load(summary(out)["checkpoint"], weights_only=False)["model"]
+    return torch.load(summary(out)["checkpoint"], weights_only=True)["model"]
 
 
 @pytest.mark.mpi

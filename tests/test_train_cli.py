@@ -34,7 +34,7 @@ def test_training_runs_under_every_launcher_and_loss_goes_down(tmp_path, np_, la
 
 
 def _final_params(out):
-    state = torch.load(summary(out)["checkpoint"], weights_only=False)
+    state = torch.load(summary(out)["checkpoint"], weights_only=True)
     return state["model"], state["strategy"]
 
 

@@ -4,9 +4,16 @@ A checkpoint is written to a temporary file in the same directory, fsynced, and 
 over its final name, then the directory is fsynced: a crash or a full disk at any moment
 leaves either the old set of checkpoints or the new one, never a torn or temporary file
 (toolkit/outputs.py). Files get mode 0666 minus the umask, so a group can resume a shared run.
+
+Checkpoints travel between people and shared file systems, so loading one must never run
+code: they are read with torch's restricted unpickler (`weights_only=True`), which builds
+only containers, strings, numbers, None and tensors. A checkpoint holds nothing else (keep
+it so: the state dicts of the model, the strategy and the loss scale, the RNG state, the
+configuration). A file that asks for any other global is refused in one line naming it.
 """
 import io
 import os
+import pickle
 import re
 
 import torch
@@ -69,21 +76,46 @@ class Checkpointer:
         return path
 
 
-def load_checkpoint(path, expect):
+# torch words the refusal in several ways, all naming the global after "GLOBAL".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_REFUSED_OTHER = re.compile(r"WeightsUnpickler error: ([^\n]+)")
+
+
+def read_restricted(path, what="checkpoint"):
+    """The object in a torch.save file, built by the restricted unpickler (no code runs).
+    A file that needs another global, or is damaged, raises CheckpointError (one line)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        refused = _REFUSED_GLOBAL.search(text) or _REFUSED_OTHER.search(text)
+        if refused:
+            raise CheckpointError(f"{what} {path} is refused: it needs {refused.group(1)}, "
+                                  f"which a checkpoint never holds (loading it could run "
+                                  f"code); nothing was executed") from None
+        raise CheckpointError(f"{what} {path} is corrupt or not a checkpoint "
+                              f"(UnpicklingError)") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{what} {path} is corrupt or not a checkpoint "
+                              f"({type(exc).__name__})") from None
+
+
+def load_checkpoint(path, expect, defaults=None):
     """Load `path` and check it belongs to this run: `expect` maps keys of the saved
-    `config` to the values this run has (model, norm, dataset, world size, ...)."""
+    `config` to the values this run has (model, norm, dataset, world size, ...). A key that
+    an older version did not record matches when this run keeps its default (`defaults`):
+    that version behaved as the default does."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint "
-                              f"({type(exc).__name__})") from None
+    state = read_restricted(path)
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a toolkit checkpoint "
                               f"(format version {FORMAT_VERSION} expected)")
     saved = state.get("config", {})
+    defaults = defaults or {}
     for key, value in expect.items():
+        if key not in saved and key in defaults and value == defaults[key]:
+            continue
         if saved.get(key) != value:
             raise CheckpointError(f"checkpoint {path} does not match this run: "
                                   f"{key}={saved.get(key)!r} there, {value!r} here")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from toolkit import job
 from toolkit.checkpoint import Checkpointer, CheckpointError, load_checkpoint
+from toolkit.config import RunConfig
 from toolkit.data import load_dataset, shard_loader, steps_per_epoch
 from toolkit.data.pipeline import TrainLoader, default_workers
 from toolkit.metrics import Meter, MetricsLog, write_json
@@ -189,7 +190,8 @@ class Trainer:
         path = self.ckpts.latest() if cfg.resume == "latest" else cfg.resume
         if path is None:
             raise CheckpointError(f"--resume: no checkpoint in {self.ckpts.directory}")
-        state = load_checkpoint(path, expect=run_config(cfg, self.ctx))
+        state = load_checkpoint(path, expect=run_config(cfg, self.ctx),
+                                defaults=run_config(RunConfig(), self.ctx))
         newest = self.ckpts.latest()
         if newest is not None and self.ckpts.step_of(newest) > state["step"]:
             raise CheckpointError(

@@ -10,7 +10,7 @@ update (for SGD with momentum and no dampening, a zero buffer then behaves exact
 missing one), so the average is the mean over all ranks with the missing ones counting as
 not yet started.
 """
-import pickle
+import json
 
 import torch
 
@@ -56,8 +56,11 @@ def align_optimizer_state(strategy, name):
     if strategy.size == 1:
         return 0
     union = {}
-    for rank, payload in enumerate(_allgather_bytes(strategy, pickle.dumps(mine), name)):
-        for g, i, key, shape, dtype in pickle.loads(payload):
+    # JSON, not pickle: a peer's bytes are data, never code.
+    payload = json.dumps(mine).encode()
+    for rank, theirs in enumerate(_allgather_bytes(strategy, payload, name)):
+        for g, i, key, shape, dtype in json.loads(theirs):
+            shape = tuple(shape)
             seen = union.setdefault((g, i, key), (shape, dtype, rank))
             if seen[:2] != (shape, dtype):
                 raise ValueError(f"optimizer state {key!r} of parameter {i} in group {g} is "
