@@ -23,7 +23,8 @@ from toolkit.checkpoint import Checkpointer, CheckpointError, load_checkpoint
 from toolkit.config import RunConfig
 from toolkit.data import load_dataset, shard_loader, steps_per_epoch
 from toolkit.data.pipeline import TrainLoader, default_workers
-from toolkit.metrics import Meter, MetricsLog, write_json
+from toolkit.metrics import (Meter, MetricsLog, TensorBoardLog, load_summary_writer,
+                             tensorboard_installed, write_json)
 from toolkit.optim import build_optimizer, parse_betas
 from toolkit.precision import LossScale, autocast, check_amp
 from toolkit.preemption import StopVote, install as stop_flag
@@ -160,7 +161,8 @@ class Trainer:
         self.start_step, self.resumed = 0, self._resume()
         self.ckpt_path = self.ckpts.latest()
         self.saved_step = self.step if self.resumed else None
-        self.log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=ctx.is_root)
+        self.log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=ctx.is_root,
+                              tensorboard=self._tensorboard_log() if ctx.is_root else None)
         self.preempt, self.vote = stop_flag(), StopVote()  # launch.train installed it first
         self.train_seconds, self.train_images, self.epochs_this_run = 0.0, 0, 0
         self.last_eval, self.stopped_by = {}, None
@@ -208,6 +210,24 @@ class Trainer:
         job.root_print(self.ctx, f"resumed from {path} at epoch {self.epoch} step {self.step}")
         return True
 
+    def _tensorboard_log(self):
+        """--tensorboard (rank 0): event files in OUT/tensorboard/, or None when it is off
+        or, not asked for, the tensorboard package is not installed."""
+        cfg = self.cfg
+        if cfg.tensorboard is False or (cfg.tensorboard is None and not tensorboard_installed()):
+            return None
+        try:
+            writer_class = load_summary_writer()
+        except ImportError as exc:
+            if cfg.tensorboard:
+                raise ValueError(f"--tensorboard: cannot import tensorboard ({exc}); "
+                                 f"--no-tensorboard turns it off") from None
+            job.root_print(self.ctx, f"note: no TensorBoard event files: the tensorboard "
+                                     f"package cannot be imported ({exc})")
+            return None
+        return TensorBoardLog(os.path.join(cfg.out, "tensorboard"), writer_class,
+                              purge_step=self.step if self.resumed else None)
+
     # ---- the run ------------------------------------------------------------------------
 
     def fit(self):
@@ -234,6 +254,7 @@ class Trainer:
             self.last_eval = self.evaluate()
         self.vote.drain()
         self.train_loader.close()
+        self.log.close()
 
     def write_config(self):
         if self.ctx.is_root:
@@ -354,12 +375,18 @@ class Trainer:
         return scores
 
     def evaluate_at_interval(self):
-        """--eval-interval inside an epoch: the model made the same on every rank, as for a
-        checkpoint (unless one was just written at this step), then val and test."""
-        if self.saved_step != self.step:
-            self.vote.drain()
-            self.strategy.synchronize_model()
+        """--eval-interval inside an epoch: scores the average of the ranks' models without
+        changing what they train. The average goes into the model for the evaluation and the
+        rank's own weights come back afterwards, so evaluating often does not add model
+        averages that `local` or `dasgd` would not make (in-flight averages stay in flight)."""
+        self.vote.drain()
+        tensors = self.strategy.model_tensors
+        own = [t.detach().clone() for t in tensors] if self.ctx.size > 1 else []
+        self.strategy.blocking_average(tensors, name=f"{self.strategy.name}.eval_average")
         self.last_eval = self.evaluate()
+        with torch.no_grad():
+            for t, mine in zip(tensors, own):
+                t.copy_(mine)
         job.root_print(self.ctx, f"step {self.step}: {scores_text(self.last_eval)}")
 
     def evaluate_and_log(self):
