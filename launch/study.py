@@ -1,5 +1,5 @@
-"""python -m launch.study lr-check|convergence|stats-every --out DIR: many training runs ->
-tables + PNG.
+"""python -m launch.study lr-check|convergence|stats-every|claims --out DIR: many training
+runs -> tables + PNG.
 
 lr-check:    invariance layer at lr 1.0 and 0.1 vs BatchNorm at 0.1 and 0.05 on digits
              (3 seeds each): test-accuracy curves, epochs to 97 %, final accuracy.
@@ -7,26 +7,37 @@ convergence: dasgd vs sync at equal epochs on digits, 2 and 4 ranks, 3 seeds.
 stats-every: the invariance layer refreshing its statistics every k-th step, k = 1, 4, 10,
              50; small CNN and vit_tiny on digits, lr 0.1 and 1.0, 3 seeds (single process,
              one thread; continues an interrupted study from DIR/runs.jsonl).
+claims:      the papers' claims on Fashion-MNIST, each decided by a verdict from runs paired
+             by seed (python -m launch.study claims --help has its own options).
 """
 import argparse
 import json
 import os
+import sys
 
 from experiments.studies import digits
+from toolkit import config
+
+# launch.train's options, as launch.train parses and checks them (the studies' defaults)
+RUN_OPTIONS = ("epochs", "norm", "lr")
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["claims"]:
+        from experiments.studies.claims_cli import main as claims_main
+        return claims_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m launch.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("study", choices=["lr-check", "convergence", "stats-every"])
+    p.add_argument("study", choices=["lr-check", "convergence", "stats-every", "claims"])
     p.add_argument("--out", required=True, help="directory for the runs and the report")
-    p.add_argument("--epochs", type=int, default=15)
+    config.add_run_options(
+        p, RUN_OPTIONS, defaults={"norm": "inv", "lr": 0.05},
+        notes={"epochs": "of every run (stats-every: of the small_cnn runs)",
+               "norm": "convergence only", "lr": "convergence only"})
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4],
                    help="worker counts (convergence)")
-    p.add_argument("--norm", default="inv", choices=["bn", "inv", "none"],
-                   help="layer of the model (convergence)")
-    p.add_argument("--lr", type=float, default=0.05, help="per-worker lr (convergence)")
     p.add_argument("--vit-epochs", type=int,
                    help="epochs of the vit_tiny runs (stats-every; default: --epochs)")
     p.add_argument("--models", nargs="+", choices=["small_cnn", "vit_tiny"],
@@ -36,6 +47,7 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true",
                    help="stats-every: report the finished runs of DIR/runs.jsonl, train none")
     args = p.parse_args(argv)
+    config.check_run_options(p, args, RUN_OPTIONS)
     os.makedirs(args.out, exist_ok=True)
     if args.study == "stats-every":
         return stats_every(args)
@@ -83,4 +95,4 @@ def stats_every(args):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
