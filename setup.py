@@ -82,5 +82,6 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch", "numpy", "tqdm", "scikit-learn"],
-    extras_require={"plots": ["matplotlib"], "imagefolder": ["pillow"]},
+    extras_require={"plots": ["matplotlib"], "imagefolder": ["pillow"],
+                    "tensorboard": ["tensorboard"]},
 )

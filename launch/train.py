@@ -19,7 +19,7 @@ def parser():
                     "`mpirun -np N python -m launch.train` or `srun --mpi=pmix python -m "
                     "launch.train`; without a launcher it trains on one rank.",
         epilog="Outputs in --out: metrics.jsonl (per interval, per evaluation and per epoch), "
-               "summary.json, "
+               "tensorboard/ (the same scalars as TensorBoard event files), summary.json, "
                "config.json, checkpoints/ckpt-<step>.pt. The last line printed is "
                "`final: test_acc=... images_per_s=... metrics=PATH checkpoint=PATH`. "
                "Exit codes: 0 done (or stopped cleanly by SIGTERM/SIGUSR1 after a "

@@ -68,7 +68,7 @@ fi
 
 # 3. Python dependencies (runtime, tests, Horovod's build requirements). CMake stays below 4:
 #    CMake 4 refuses the cmake_minimum_required(< 3.5) of Horovod's bundled Gloo.
-DEPS="numpy tqdm scikit-learn pillow matplotlib pytest packaging cloudpickle psutil pyyaml cmake>=3.18,<4 setuptools wheel ninja cython"
+DEPS="numpy tqdm scikit-learn pillow matplotlib tensorboard pytest packaging cloudpickle psutil pyyaml cmake>=3.18,<4 setuptools wheel ninja cython"
 DEPS_KEY=$(echo "$DEPS" | md5sum | cut -c1-8)
 if ! done_already "deps-$DEPS_KEY"; then
     say "python deps: $DEPS"

@@ -30,6 +30,10 @@ CASES = [
     Case("disk-metrics", f"{DISK} at the first metrics.jsonl record", "none", "2",
          "`error: cannot write metrics log PATH: No space left on device`; metrics.jsonl "
          "holds only whole records"),
+    Case("disk-tensorboard", f"{DISK} at the first TensorBoard event (after the first "
+         "metrics.jsonl record)", "none", "2",
+         "`error: cannot write TensorBoard events PATH: No space left on device`; "
+         "metrics.jsonl holds the record"),
     Case("disk-summary", f"{DISK} at summary.json", "none", "2",
          "`error: cannot write summary PATH: No space left on device`; the checkpoint loads; "
          "no summary.json, no summary.json.tmp"),

@@ -4,6 +4,7 @@ The disk is a small tmpfs mounted for the test (root only). Its size is set, pag
 from the files a reference run with the same options writes, so that the first write that
 does not fit is exactly the one under test.
 """
+import json
 import os
 import subprocess
 
@@ -68,12 +69,20 @@ def file_pages(run_dir, name):
 @pytest.fixture(scope="module")
 def sizes(tmp_path_factory):
     """The same run on an ordinary disk (under a path as long as the tmpfs ones): the pages
-    its config.json, metrics.jsonl and one checkpoint take."""
+    its config.json, metrics.jsonl, TensorBoard event files (none without the tensorboard
+    package) and one checkpoint take."""
     out = tmp_path_factory.mktemp("disk") / "run"
     code, _, stderr = run("none", 1, out, *ARGS)
     assert code == 0, stderr[-3000:]
     return {"config": file_pages(out, "config.json"), "metrics": file_pages(out, "metrics.jsonl"),
+            "tensorboard": sum(pages(p.stat().st_size)
+                               for p in (out / "tensorboard").glob("events.out.tfevents.*")),
             "checkpoint": pages(os.path.getsize(checkpoints(out)[-1]))}
+
+
+def logs(sizes):
+    """The pages of config.json and of the run's logs."""
+    return sizes["config"] + sizes["metrics"] + sizes["tensorboard"]
 
 
 def assert_one_line(code, stderr, *needles):
@@ -104,7 +113,7 @@ def assert_first_checkpoint_kept(out):
 @pytest.mark.parametrize("case", ["disk-checkpoint"])
 def test_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmpfs, sizes, case):
     # Room for one checkpoint and a half: the first is written, the second does not fit.
-    disk = tmpfs(sizes["config"] + sizes["metrics"] + sizes["checkpoint"] * 3 // 2)
+    disk = tmpfs(logs(sizes) + sizes["checkpoint"] * 3 // 2)
     code, _, stderr = run("none", 1, disk / "run", *ARGS)
     assert_one_line(code, stderr, "cannot write checkpoint", "ckpt-00000010.pt",
                     "No space left on device")
@@ -115,7 +124,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmpfs, sizes, case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["disk-checkpoint"])
 def test_full_disk_on_rank_0_ends_every_rank(tmpfs, sizes, case):
-    disk = tmpfs(sizes["config"] + sizes["metrics"] + sizes["checkpoint"] * 3 // 2)
+    disk = tmpfs(logs(sizes) + sizes["checkpoint"] * 3 // 2)
     code, _, stderr = run("mpirun", 2, disk / "run", *ARGS)
     assert_one_line(code, stderr, "cannot write checkpoint", "No space left on device")
     assert_first_checkpoint_kept(disk / "run")
@@ -133,10 +142,24 @@ def test_full_disk_at_the_metrics_log(tmpfs, sizes, case):
     assert no_temporary_files(out) == []
 
 
+@pytest.mark.parametrize("case", ["disk-tensorboard"])
+def test_full_disk_at_the_tensorboard_events(tmpfs, sizes, case):
+    pytest.importorskip("tensorboard")
+    # config.json and metrics.jsonl fit; the first event, written after the first record
+    # of metrics.jsonl, does not.
+    disk = tmpfs(sizes["config"] + sizes["metrics"])
+    out = disk / "run"
+    code, _, stderr = run("none", 1, out, *ARGS)
+    assert_one_line(code, stderr, "cannot write TensorBoard events",
+                    str(out / "tensorboard"), "No space left on device")
+    assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").open())] == [5]
+    assert checkpoints(out) == []
+
+
 @pytest.mark.parametrize("case", ["disk-summary"])
 def test_full_disk_at_the_summary(tmpfs, sizes, case):
     # Both checkpoints (steps 5 and 10) fit, summary.json does not.
-    disk = tmpfs(sizes["config"] + sizes["metrics"] + 2 * sizes["checkpoint"])
+    disk = tmpfs(logs(sizes) + 2 * sizes["checkpoint"])
     out = disk / "run"
     code, stdout, stderr = run("none", 1, out, *ARGS)
     assert_one_line(code, stderr, "cannot write summary", "summary.json",

@@ -174,6 +174,10 @@ class RunConfig:
                           "process may use / ranks on this node)", RUN)
     debug: bool = option(False, "on a failure, print the Python traceback before the one-line "
                          "error (exit codes are unchanged)", RUN)
+    tensorboard: bool = option(None, "rank 0 also writes the scalars of metrics.jsonl as "
+                               "TensorBoard event files in OUT/tensorboard/ (view them with "
+                               "`tensorboard --logdir OUT`); none given: on when the "
+                               "tensorboard package can be imported", RUN)
 
     # ---- checks ---------------------------------------------------------------------------
 
@@ -219,6 +223,15 @@ class RunConfig:
         for name in ("inv_sync", "inv_freeze"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "must be true or false", getattr(self, name))
+        if not (self.tensorboard is None or isinstance(self.tensorboard, bool)):
+            _fail("tensorboard", "must be true, false or null (on when available)",
+                  self.tensorboard)
+        if self.tensorboard:
+            import importlib.util
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError("--tensorboard needs the tensorboard package (pip install "
+                                  "tensorboard, or scripts/install.sh); --no-tensorboard "
+                                  "turns it off")
         self._check_layer_options()
         return self
 
@@ -288,6 +301,39 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _format_action_invocation(self, action):
+        if isinstance(action, OnOff):
+            return f"{action.option_strings[0]} [on|off], {', '.join(action.option_strings[1:])}"
+        return super()._format_action_invocation(action)
+
+
+ON_OFF = {"on": True, "true": True, "yes": True, "1": True,
+          "off": False, "false": False, "no": False, "0": False}
+
+
+class OnOff(argparse.Action):
+    """A boolean option: --x or --x on sets it, --x off or --no-x clears it (true/false,
+    yes/no and 1/0 are taken too)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        negatives = ["--no-" + s[2:] for s in option_strings if s.startswith("--")]
+        super().__init__(option_strings + negatives, dest, nargs="?", default=default,
+                         help=help, metavar="on|off")
+        self.negatives = negatives
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if option_string in self.negatives:
+            if value is not None:
+                raise argparse.ArgumentError(self, f"{option_string} takes no value, got "
+                                                   f"{value!r}")
+            setattr(namespace, self.dest, False)
+        elif value is None:
+            setattr(namespace, self.dest, True)
+        elif value.lower() in ON_OFF:
+            setattr(namespace, self.dest, ON_OFF[value.lower()])
+        else:
+            raise argparse.ArgumentError(self, f"expected on or off, got {value!r}")
+
 
 def _flag_type(spec):
     if spec.name in ("inv_sampling_stride", "delay"):
@@ -298,7 +344,8 @@ def _flag_type(spec):
 
 
 def add_options(parser):
-    """One flag per RunConfig field, grouped as in --help; booleans are --x / --no-x."""
+    """One flag per RunConfig field, grouped as in --help; booleans are --x [on|off] /
+    --no-x."""
     groups = {}
     for spec in fields(RunConfig):
         meta = spec.metadata
@@ -308,7 +355,7 @@ def add_options(parser):
         help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
         kwargs = {"default": spec.default, "help": help_text, "dest": spec.name}
         if spec.type in (bool, "bool"):
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["action"] = OnOff
         else:
             kwargs["type"] = _flag_type(spec)
             for key in ("choices", "metavar", "nargs", "const"):

@@ -225,8 +225,9 @@ class Trainer:
             job.root_print(self.ctx, f"note: no TensorBoard event files: the tensorboard "
                                      f"package cannot be imported ({exc})")
             return None
+        # Resumed: what an earlier file logged after the checkpoint's step is redone now.
         return TensorBoardLog(os.path.join(cfg.out, "tensorboard"), writer_class,
-                              purge_step=self.step if self.resumed else None)
+                              purge_step=self.step + 1 if self.resumed else None)
 
     # ---- the run ------------------------------------------------------------------------
 
