@@ -64,6 +64,8 @@ def test_finished_runs_are_never_redone_and_the_others_resume_or_restart(tmp_pat
     assert sorted(runner.started) == [(2, True), (3, False), (4, False), (5, False)]
     assert not os.path.exists(os.path.join(d[3], "metrics.jsonl"))  # restarted from scratch
     assert runner.state(CONFIG, 4) == DIVERGED  # exit 3: recorded, never run again
+    timing = json.loads(open(os.path.join(d[2], "study.json")).read())
+    assert timing["exit"] == 0 and timing["seconds"] > 0 and timing["cpu_s"] > 0
     assert [runner.state(CONFIG, s) for s in range(6)] == \
         [DONE, DIVERGED, DONE, DONE, DIVERGED, DONE]
     runner.started.clear()
@@ -71,11 +73,11 @@ def test_finished_runs_are_never_redone_and_the_others_resume_or_restart(tmp_pat
     assert runner.started == []
 
 
-def test_a_failing_run_is_tried_twice_then_reported(tmp_path):
-    runner = FakeRunner(tmp_path, {0: (4, False)})
-    assert runner.run_all([(CONFIG, 0)], lambda c: 1.0) == 0
-    assert runner.started == [(0, False), (0, False)]
-    assert [(c, s, code) for c, s, code, _ in runner.failed] == [(CONFIG, 0, 4)]
+def test_a_failing_run_is_tried_twice_then_reported_and_bad_input_once(tmp_path):
+    runner = FakeRunner(tmp_path, {0: (4, False), 1: (2, False)})
+    assert runner.run_all([(CONFIG, 0), (CONFIG, 1)], lambda c: 1.0) == 0
+    assert sorted(runner.started) == [(0, False), (0, False), (1, False)]
+    assert sorted((s, code) for c, s, code, _ in runner.failed) == [(0, 4), (1, 2)]
 
 
 def test_an_output_directory_keeps_its_sizes(tmp_path):

@@ -27,7 +27,8 @@ from experiments.studies import plan as plan_mod
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DONE, DIVERGED, STOPPED, PARTIAL, NEW = "done", "diverged", "stopped", "partial", "new"
-RETRIES = 1  # a run failing otherwise (exit 2, 4, a crash) is tried once more
+RETRIES = 1  # a run failing otherwise (a stalled collective: exit 4, a crash) is tried once
+# more; exit 2 (bad input: an option, the data) would fail the same way again
 
 
 def _read_json(path):
@@ -121,8 +122,14 @@ class Runner:
     def finish(self, config, seed, code, seconds=None, cpu_s=None, estimate_s=None):
         """Records the run's timing (study.json) and a diverged run; returns its state."""
         d = self.directory(config, seed)
+        # A study.json already there is an earlier part of this run (stopped, then resumed):
+        # the run's time is the sum of its parts.
+        before = _read_json(os.path.join(d, "study.json")) or {}
+        parts = before.get("parts", 0) + 1
+        seconds = (seconds or 0.0) + (before.get("seconds") or 0.0)
+        cpu_s = (cpu_s or 0.0) + (before.get("cpu_s") or 0.0)
         with open(os.path.join(d, "study.json"), "w") as f:
-            json.dump({"exit": code, "seconds": seconds, "cpu_s": cpu_s,
+            json.dump({"exit": code, "seconds": seconds, "cpu_s": cpu_s, "parts": parts,
                        "estimate_s": estimate_s, "load_end": os.getloadavg()[0]}, f)
         if code == 3:
             with open(os.path.join(self.directory(config, seed), "diverged.json"), "w") as f:
@@ -178,7 +185,7 @@ class Runner:
                     elif self.stop_signal is None:
                         tries[config, seed] = tries.get((config, seed), 0) + 1
                         error = self.last_error(config, seed)
-                        if tries[config, seed] <= RETRIES:
+                        if proc.returncode != 2 and tries[config, seed] <= RETRIES:
                             self.say(f"{config.name()} seed {seed}: exit {proc.returncode} "
                                      f"({error}); trying again")
                             pending.insert(0, (config, seed))
@@ -209,12 +216,15 @@ class Runner:
         for proc in running:
             proc.terminate()  # one SIGTERM: launch.train checkpoints and stops cleanly
         deadline = time.time() + 120
-        for proc in running:
+        for proc, (config, seed, began, _) in running.items():
             while reap(proc) is None and time.time() < deadline:
                 time.sleep(0.5)
             if proc.returncode is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            else:  # stopped (its time so far, for the sum) or finished meanwhile
+                self.finish(config, seed, proc.returncode, time.time() - began,
+                            getattr(proc, "cpu_s", None))
 
     # ---- progress ---------------------------------------------------------------------------
 
