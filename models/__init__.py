@@ -1,8 +1,9 @@
 """Models by name: `build_model(name, num_classes=..., in_channels=3, image_size=32, norm="bn")`.
 
-Every model takes norm = "bn" | "inv" | "none" (see models/layers.py for what each means).
+Every model takes norm = "bn" | "inv" | "none" (the NORMS registry in models/layers.py says
+what each means). MODELS is the model registry: the --model choices come from it.
 """
-from models.layers import NORMS, check_layer_options, check_norm
+from models.layers import NORMS
 
 
 def _small_cnn(image_size, **kw):
@@ -49,21 +50,20 @@ def build_model(name, *, num_classes, in_channels=3, image_size=32, norm="bn",
                 layer_options=None):
     """A freshly initialised model `name` (one of MODEL_NAMES).
 
-    layer_options (norm="inv"): a dict with any of block, sampling_stride (int or "auto"),
-    stats_budget, n_iter, first_n_iter, stats_every, sync, method, freeze, given to every
-    InvConv2d / InvLinear (block, sampling_stride and stats_budget to the convs only,
-    first_n_iter to the network's first conv); see toolkit.invariance.options.
-    Unknown options or bad values raise a ValueError naming the option."""
+    layer_options (norm="inv"): a toolkit.invariance.options.LayerOptions, or a dict with
+    any of its fields (block, sampling_stride (int or "auto"), stats_budget, n_iter,
+    first_n_iter, stats_every, sync, method, freeze), given to every InvConv2d / InvLinear
+    (block, sampling_stride and stats_budget to the convs only, first_n_iter to the network's
+    first conv). They, and norm, are checked once, by the model's LayerFactory: unknown
+    options or bad values raise a ValueError naming the option."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    check_norm(norm)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels),
                          ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    options = check_layer_options(norm, layer_options)
     return MODELS[name](image_size, num_classes=num_classes, in_channels=in_channels,
-                        norm=norm, layer_options=options)
+                        norm=norm, layer_options=layer_options)
 
 
 __all__ = ["MODELS", "MODEL_NAMES", "NORMS", "build_model"]

@@ -14,27 +14,17 @@ shortcut before their last ReLU, so the caller decides where the ReLU goes.
 """
 from torch import nn
 
-NORMS = ("bn", "inv", "none")
+from toolkit.invariance.options import LayerOptions
+
+# The norm registry: name -> what it puts in place of conv + BatchNorm (the --norm choices
+# and their help text come from here).
+NORMS = {"bn": "BatchNorm", "inv": "the invariance layer", "none": "plain convs"}
 
 
 def check_norm(norm):
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
     return norm
-
-
-def check_layer_options(norm, layer_options):
-    """The invariance layers' options (toolkit.invariance.options.check_layer_options: checked,
-    defaults filled).  With norm "bn" / "none" they are checked too, and any option that is
-    not its default is an error: it would silently do nothing."""
-    from toolkit.invariance.options import LAYER_DEFAULTS, check_layer_options as check
-    opts = check(layer_options)
-    if norm != "inv":
-        changed = [k for k, v in opts.items() if v != LAYER_DEFAULTS[k]]
-        if changed:
-            raise ValueError(f"layer option {changed[0]} applies only to norm='inv', "
-                             f"got norm={norm!r}")
-    return opts
 
 
 def _invariance_module():
@@ -49,19 +39,21 @@ class LayerFactory:
 
     `conv(...)` returns a module computing "conv followed by its normalisation" (no
     activation). The first call with ``first=True`` marks the network's input conv.
-    `layer_options` (norm="inv"): the options of every invariance layer, see
-    toolkit.invariance.options.check_layer_options.
+    `layer_options`: the options of every invariance layer, a
+    toolkit.invariance.options.LayerOptions (used as it is: it was checked when built), a
+    dict (built into one here) or None (the defaults). With norm "bn" / "none" an option
+    that is not its default is an error: it would silently do nothing.
     """
 
     def __init__(self, norm, layer_options=None):
         self.norm = check_norm(norm)
-        self.layer_options = check_layer_options(norm, layer_options)
+        self.layer_options = LayerOptions.build(layer_options).for_norm(norm)
         self._inv = _invariance_module() if norm == "inv" else None
 
     def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
              groups=1, first=False):
         if self.norm == "inv":
-            kwargs = self._inv.options.layer_kwargs(self.layer_options, "conv", first)
+            kwargs = self.layer_options.conv_kwargs(first)
             return self._inv.InvConv2d(in_channels, out_channels, kernel_size, stride=stride,
                                        padding=padding, groups=groups, bias=True, **kwargs)
         if self.norm == "bn":
@@ -91,7 +83,7 @@ class LayerFactory:
     def linear(self, in_features, out_features, bias=True):
         """A fully connected layer; with norm="inv" the InvLinear (block = full width)."""
         if self.norm == "inv":
-            kwargs = self._inv.options.layer_kwargs(self.layer_options, "linear")
+            kwargs = self.layer_options.linear_kwargs()
             return self._inv.InvLinear(in_features, out_features, bias=bias, **kwargs)
         return nn.Linear(in_features, out_features, bias=bias)
 

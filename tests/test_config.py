@@ -27,18 +27,19 @@ def test_flags_fill_the_typed_fields():
     assert (cfg.lr, cfg.epochs, cfg.inv_sampling_stride, cfg.inv_sync, cfg.resume) == \
         (0.5, 3, "auto", True, "latest")
     assert parse("--inv-sampling-stride", "4").inv_sampling_stride == 4
-    assert cfg.layer_options()["sampling_stride"] == "auto"
+    assert cfg.layer_options().sampling_stride == "auto"
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
     (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
     (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
-    (["--delay", "-1"], "--delay must be an integer >= 0, got -1"),
+    (["--delay", "-1"], "--delay must be an integer >= 0 or auto, got -1"),
     (["--momentum", "nan"], "--momentum must be a finite number >= 0, got nan"),
     (["--inv-stats-every", "0"], "--inv-stats-every must be an integer >= 1, got 0"),
     (["--inv-block", "0"], "--inv-block must be an integer >= 1, got 0"),
-    (["--inv-sampling-stride", "0"], "--inv-sampling-stride must be an integer >= 1, got 0"),
+    (["--inv-sampling-stride", "0"],
+     "--inv-sampling-stride must be an integer >= 1 or 'auto', got 0"),
     (["--inv-stats-budget", "-1"], "--inv-stats-budget must be a finite number > 0"),
 ])
 def test_bad_values_are_one_line_config_errors(argv, message):
@@ -50,7 +51,7 @@ def test_bad_values_are_one_line_config_errors(argv, message):
 def test_layer_options_are_checked_together_and_only_with_inv():
     with pytest.raises(config.ConfigError, match="--inv-\\* options: .*freeze"):
         parse("--inv-freeze", "--inv-stats-every", "4")
-    with pytest.raises(config.ConfigError, match="--inv-stats-every applies only to --norm inv"):
+    with pytest.raises(config.ConfigError, match="--inv-stats-every applies only to norm inv"):
         parse("--norm", "bn", "--inv-stats-every", "4")
     assert parse("--norm", "bn").norm == "bn"
 

@@ -31,6 +31,28 @@ def test_bad_period_delay_warmup(kwargs, message):
         make_strategy("dasgd", *_model_and_optimizer(), **kwargs)
 
 
+def test_each_strategy_gets_the_options_its_class_declares(monkeypatch):
+    """make_strategy keeps no table of options: a class declares them as the keyword-only
+    parameters of its __init__, and gets only those (with its own defaults)."""
+    from toolkit.strategies import (STRATEGIES, DaSGD, LocalSGD, NoCommunication, Strategy,
+                                    SyncSGD)
+    assert NoCommunication.options() == SyncSGD.options() == ()
+    assert LocalSGD.options() == ("period", "warmup_steps")
+    assert {"period", "delay", "warmup_steps", "avg_dtype", "fragments"} <= set(DaSGD.options())
+
+    class Probe(Strategy):  # (no Horovod: it does not call Strategy.__init__)
+        def __init__(self, model, optimizer, *, period=7):
+            self.period = period
+
+    assert Probe.options() == ("period",)
+    monkeypatch.setitem(STRATEGIES, "probe", Probe)
+    made = make_strategy("probe", *_model_and_optimizer(), delay=3, avg_dtype="bf16")
+    assert made.period == 7  # the other strategies' options are dropped, its default kept
+    assert make_strategy("probe", *_model_and_optimizer(), period=2).period == 2
+    with pytest.raises(TypeError, match="no strategy takes the option.* colour"):
+        make_strategy("probe", *_model_and_optimizer(), colour="red")
+
+
 def test_stall_defaults_respect_the_user():
     env = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "7"}
     apply_stall_defaults(env)

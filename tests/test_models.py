@@ -223,13 +223,30 @@ def test_bad_layer_options_raise_one_line_value_errors(options, match):
     assert "\n" not in str(info.value)
 
 
+@needs_inv
+def test_layer_options_object_is_used_as_built():
+    """The options are checked once, when the LayerOptions is built (from the run
+    configuration): the model's LayerFactory takes that object as it is."""
+    from models.layers import LayerFactory
+    from toolkit.invariance.options import LayerOptions
+    options = LayerOptions(stats_every=4, sampling_stride="2")
+    assert options.sampling_stride == 2  # normalised once, at construction
+    assert LayerFactory("inv", options).layer_options is options
+    model = build_model("small_cnn", num_classes=7, in_channels=1, image_size=8, norm="inv",
+                        layer_options=options)
+    convs = [m for m in model.modules() if isinstance(m, invariance.InvConv2d)]
+    assert all(c.stats_every == 4 and c.sampling_stride == 2 for c in convs)
+    with pytest.raises(AttributeError):
+        options.stats_every = 1  # frozen: what was checked is what the layers get
+
+
 def test_layer_options_with_another_norm():
     # checked, defaults accepted (a run configuration passes them all), changes refused
-    from toolkit.invariance.options import LAYER_DEFAULTS, check_layer_options
+    from toolkit.invariance.options import LayerOptions
     model = build_model("small_cnn", num_classes=7, in_channels=1, image_size=8, norm="bn",
-                        layer_options=dict(LAYER_DEFAULTS))
+                        layer_options=LayerOptions().as_dict())
     assert not any("Inv" in type(m).__name__ for m in model.modules())
-    with pytest.raises(ValueError, match="stats_every applies only to norm='inv'"):
+    with pytest.raises(ValueError, match="stats_every applies only to norm inv"):
         build_model("small_cnn", num_classes=7, norm="bn", layer_options={"stats_every": 4})
-    assert check_layer_options({"sampling_stride": "auto", "stats_every": 4}) == {
-        **LAYER_DEFAULTS, "sampling_stride": "auto", "stats_every": 4}
+    assert LayerOptions.build({"sampling_stride": "auto", "stats_every": 4}) == \
+        LayerOptions(sampling_stride="auto", stats_every=4)

@@ -8,14 +8,19 @@ from such a file and flags given on the command line override it.
 
 Adding an option: one field here (with `option(...)`), its check in `validate()`, and the
 code that reads `cfg.<name>`. If a checkpoint must agree on it, add it to `RESUME_KEYS`.
+Choices that a registry holds (models, norms, data sets, strategies) are read from it.
+
+Other command lines (benchmarks, studies) take the options that mean the same thing as a
+training option with `add_run_options(parser, names)` and check them with
+`check_run_options`: same flag, type, choices, help and checks as launch.train.
 """
 import argparse
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-STRATEGY_CHOICES = ("none", "sync", "local", "dasgd")
-NORM_CHOICES = ("bn", "inv", "none")
+from toolkit.invariance.options import METHODS, LayerOptionError, LayerOptions
+
 # What a checkpoint must agree with to be resumed by this run (besides the world size).
 RESUME_KEYS = ("model", "norm", "dataset", "train_subset", "val_size", "batch_size", "strategy",
                "period", "delay", "seed", "optimizer", "betas", "label_smoothing", "grad_clip",
@@ -31,25 +36,62 @@ class ConfigError(ValueError):
 
 
 def option(default, help, group, *, choices=None, flag=None, metavar=None, nargs=None,
-           const=None):
-    """A RunConfig field with what its command-line flag needs."""
+           const=None, type=None):
+    """A RunConfig field with what its command-line flag needs. help and choices may be
+    functions (read from a registry when a parser is made or values are checked); type is
+    the flag's parser of the text (default: from the field's annotation)."""
     meta = {"help": help, "group": group, "choices": choices, "flag": flag,
-            "metavar": metavar, "nargs": nargs, "const": const}
+            "metavar": metavar, "nargs": nargs, "const": const, "type": type}
     return field(default=default, metadata=meta)
 
 
+def _resolve(value):
+    return value() if callable(value) else value
+
+
+# The choices and help of --model, --norm, --dataset and --strategy come from the registries
+# (models.MODELS, models.layers.NORMS, toolkit.data.DATASETS, toolkit.strategies.STRATEGIES),
+# imported when asked, not with this module: launch.train parses options after its signal
+# set-up, and the registries bring torch.
+
+def model_names():
+    from models import MODEL_NAMES
+    return MODEL_NAMES
+
+
+def model_help():
+    return "model name: " + ", ".join(model_names())
+
+
+def norm_names():
+    from models.layers import NORMS
+    return tuple(NORMS)
+
+
+def norm_help():
+    from models.layers import NORMS
+    return ", ".join(f"{name} = {about}" for name, about in NORMS.items())
+
+
 def dataset_names():
-    # Imported when asked, not with this module: launch.train parses options after its
-    # signal set-up, and toolkit.data brings torch.
     from toolkit.data import DATASETS
     return tuple(DATASETS)
 
 
 def dataset_help():
-    """--dataset's help, made from the registry so that a new data set shows up by itself."""
     from toolkit.data import DATASETS
     return "dataset name: " + ", ".join(f"{name} ({load.about})"
                                         for name, load in DATASETS.items())
+
+
+def strategy_names():
+    from toolkit.strategies import STRATEGY_NAMES
+    return STRATEGY_NAMES
+
+
+def strategy_help():
+    from toolkit.strategies import STRATEGIES
+    return "; ".join(f"{name}: {cls.about}" for name, cls in STRATEGIES.items())
 
 
 def int_or_auto(text):
@@ -69,11 +111,9 @@ MODEL, DIST, OPT, LAYER, RUN = ("model and data", "distributed strategy", "optim
 @dataclass
 class RunConfig:
     # model and data
-    model: str = option("small_cnn", "model name: small_cnn, resnet18_cifar, resnet20, resnet56, "
-                        "resnet18, resnet50, vgg11, vgg16, vit_tiny", MODEL)
-    norm: str = option("inv", "bn = BatchNorm, inv = the invariance layer, none = plain convs",
-                       MODEL, choices=NORM_CHOICES)
-    dataset: str = option("digits", dataset_help, MODEL)
+    model: str = option("small_cnn", model_help, MODEL, choices=model_names, metavar="NAME")
+    norm: str = option("inv", norm_help, MODEL, choices=norm_names)
+    dataset: str = option("digits", dataset_help, MODEL, choices=dataset_names, metavar="NAME")
     data_dir: str = option(None, "dataset location on disk (fashion_mnist without it: "
                            "where Debian's dataset-fashion-mnist puts its files)", MODEL)
     val_size: int = option(None, "fashion_mnist, mnist: training images held out for "
@@ -89,15 +129,11 @@ class RunConfig:
                           "(0: load in the training process); none given: the cores of this "
                           "rank minus its compute threads", MODEL)
     # distributed strategy
-    strategy: str = option(
-        "dasgd", "none: ranks train independently (models averaged only at evaluation and "
-        "checkpoints); sync: Horovod DistributedOptimizer; local: blocking model averaging "
-        "every --period steps; dasgd: delayed averaging that overlaps communication with "
-        "compute", DIST, choices=STRATEGY_CHOICES)
+    strategy: str = option("dasgd", strategy_help, DIST, choices=strategy_names)
     period: int = option(1, "H: steps between averages", DIST)
     delay: object = option(1, "d: steps an average travels before it is merged (dasgd); "
                            "auto: the smallest d (1..8) with one measured average <= d steps, "
-                           "re-checked every epoch", DIST, metavar="D|auto")
+                           "re-checked every epoch", DIST, metavar="D|auto", type=int_or_auto)
     avg_dtype: str = option("fp32", "dtype the dasgd average travels in (weights stay fp32); "
                             "bf16/fp16 send the difference to the last merged average",
                             DIST, choices=("fp32", "bf16", "fp16"))
@@ -130,27 +166,30 @@ class RunConfig:
     seed: int = option(0, "seeds the model init, the data split, shuffling and augmentation",
                        OPT)
     max_steps: int = option(0, "stop after this many steps in total (0: all epochs)", OPT)
-    # invariance layer
-    inv_block: int = option(64, "channels per covariance block of a conv layer", LAYER)
+    # invariance layer: inv_X is LayerOptions.X (its default, and its checks, are there)
+    inv_block: int = option(LayerOptions.block, "channels per covariance block of a conv "
+                            "layer", LAYER)
     inv_sampling_stride: object = option(
-        3, "patches sampled every S x conv-stride pixels; `auto` picks each layer's S from "
-        "--inv-stats-budget", LAYER, metavar="S|auto")
+        LayerOptions.sampling_stride, "patches sampled every S x conv-stride pixels; `auto` "
+        "picks each layer's S from --inv-stats-budget", LAYER, metavar="S|auto",
+        type=int_or_auto)
     inv_stats_budget: float = option(
-        0.25, "with --inv-sampling-stride auto: the statistics may cost at most this fraction "
-        "of the layer's convolution", LAYER)
-    inv_n_iter: int = option(5, "Newton-Schulz iterations of every layer but the first conv",
-                             LAYER)
-    inv_first_n_iter: int = option(15, "Newton-Schulz iterations of the network's first conv",
-                                   LAYER)
-    inv_stats_every: int = option(1, "k: batch statistics on every k-th training step, the "
-                                  "running averages on the others (1: every step)", LAYER)
-    inv_sync: bool = option(False, "average the statistics over all ranks (blocking; leave "
-                            "it off under dasgd)", LAYER)
-    inv_method: str = option("auto", "inverse square root: spectral (one eigendecomposition), "
-                             "newton (matrix products), auto (spectral on the CPU, newton on "
-                             "GPUs)", LAYER, choices=("auto", "spectral", "newton"))
-    inv_freeze: bool = option(False, "batch statistics only on the first 100 of every 1000 "
-                              "steps", LAYER)
+        LayerOptions.stats_budget, "with --inv-sampling-stride auto: the statistics may cost "
+        "at most this fraction of the layer's convolution", LAYER)
+    inv_n_iter: int = option(LayerOptions.n_iter, "Newton-Schulz iterations of every layer "
+                             "but the first conv", LAYER)
+    inv_first_n_iter: int = option(LayerOptions.first_n_iter, "Newton-Schulz iterations of "
+                                   "the network's first conv", LAYER)
+    inv_stats_every: int = option(LayerOptions.stats_every, "k: batch statistics on every "
+                                  "k-th training step, the running averages on the others "
+                                  "(1: every step)", LAYER)
+    inv_sync: bool = option(LayerOptions.sync, "average the statistics over all ranks "
+                            "(blocking; leave it off under dasgd)", LAYER)
+    inv_method: str = option(LayerOptions.method, "inverse square root: spectral (one "
+                             "eigendecomposition), newton (matrix products), auto (spectral "
+                             "on the CPU, newton on GPUs)", LAYER, choices=METHODS)
+    inv_freeze: bool = option(LayerOptions.freeze, "batch statistics only on the first 100 "
+                              "of every 1000 steps", LAYER)
     # run, checkpoints and logging
     out: str = option(None, "output directory; none given: "
                       "runs/<time>_<model>_<norm>_<strategy>_np<N>", RUN)
@@ -184,17 +223,19 @@ class RunConfig:
     def validate(self):
         """Everything visible from the values alone; raises ConfigError (one line)."""
         for spec in fields(self):
-            if spec.metadata.get("choices") and getattr(self, spec.name) not in \
-                    spec.metadata["choices"]:
-                _fail(spec.name, f"must be one of {', '.join(spec.metadata['choices'])}",
+            choices = _resolve(spec.metadata.get("choices"))
+            # (the --inv-* options are checked by the layer's LayerOptions, below)
+            if choices and not spec.name.startswith("inv_") and \
+                    getattr(self, spec.name) not in choices:
+                _fail(spec.name, f"must be one of {', '.join(choices)}",
                       getattr(self, spec.name))
-        for name in ("epochs", "batch_size", "period", "fragments", "keep", "log_interval",
-                     "inv_block", "inv_n_iter", "inv_first_n_iter", "inv_stats_every"):
+        for name in ("epochs", "batch_size", "period", "fragments", "keep", "log_interval"):
             _check_int(name, getattr(self, name), 1)
-        if self.delay != "auto":
-            _check_int("delay", self.delay, 0)
-        if self.dataset not in dataset_names():
-            _fail("dataset", f"must be one of {', '.join(dataset_names())}", self.dataset)
+        from toolkit.strategies.auto_delay import check_delay
+        try:
+            check_delay(self.delay)
+        except ValueError as exc:
+            raise ConfigError(f"--{exc}") from None
         for name in ("warmup_steps", "max_steps", "checkpoint_interval", "eval_interval",
                      "threads", "stop_after_epochs", "seed"):
             _check_int(name, getattr(self, name), 0)
@@ -215,14 +256,8 @@ class RunConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         _check_number("lr", self.lr, 0.0, strict=True)
-        _check_number("inv_stats_budget", self.inv_stats_budget, 0.0, strict=True)
         if self.image_size is not None:
             _check_int("image_size", self.image_size, 1)
-        if self.inv_sampling_stride != "auto":
-            _check_int("inv_sampling_stride", self.inv_sampling_stride, 1)
-        for name in ("inv_sync", "inv_freeze"):
-            if not isinstance(getattr(self, name), bool):
-                _fail(name, "must be true or false", getattr(self, name))
         if not (self.tensorboard is None or isinstance(self.tensorboard, bool)):
             _fail("tensorboard", "must be true, false or null (on when available)",
                   self.tensorboard)
@@ -236,27 +271,23 @@ class RunConfig:
         return self
 
     def _check_layer_options(self):
-        """The layer's own checks of the --inv-* combination (e.g. freeze with a refresh
-        every k > 1 steps); with another --norm a changed --inv-* option would do nothing."""
-        if self.norm != "inv":
-            for spec in fields(self):
-                if spec.name.startswith("inv_") and getattr(self, spec.name) != spec.default:
-                    _fail(spec.name, "applies only to --norm inv", getattr(self, spec.name))
-            return
-        from toolkit.invariance.options import check_layer_options
+        """The --inv-* options are checked where they are defined: by building the layer's
+        LayerOptions (each value, and combinations such as freeze with a refresh every k > 1
+        steps); with another --norm a changed --inv-* option would do nothing."""
         try:
-            check_layer_options(self.layer_options())
-        except ValueError as exc:
-            raise ConfigError(f"--inv-* options: {exc}") from None
+            self.layer_options().for_norm(self.norm)
+        except LayerOptionError as exc:
+            if exc.option is None:
+                raise ConfigError(f"--inv-* options: {exc.problem}") from None
+            raise ConfigError(f"--inv-{exc.option.replace('_', '-')} {exc.problem}") from None
 
     # ---- what other parts read --------------------------------------------------------------
 
     def layer_options(self):
-        """Keyword options of every invariance layer (models.build_model(layer_options=...))."""
-        return {"block": self.inv_block, "sampling_stride": self.inv_sampling_stride,
-                "stats_budget": self.inv_stats_budget, "n_iter": self.inv_n_iter,
-                "first_n_iter": self.inv_first_n_iter, "stats_every": self.inv_stats_every,
-                "sync": self.inv_sync, "method": self.inv_method, "freeze": self.inv_freeze}
+        """The options of every invariance layer, a checked LayerOptions built from the
+        --inv-* options (models.build_model(layer_options=...) uses it as it is)."""
+        return LayerOptions(**{spec.name[len("inv_"):]: getattr(self, spec.name)
+                               for spec in fields(self) if spec.name.startswith("inv_")})
 
     def data_options(self):
         """The loader's options that were given (a data set without them refuses them)."""
@@ -336,11 +367,31 @@ class OnOff(argparse.Action):
 
 
 def _flag_type(spec):
-    if spec.name in ("inv_sampling_stride", "delay"):
-        return int_or_auto
+    if spec.metadata["type"] is not None:
+        return spec.metadata["type"]
     default_type = {"int": int, "float": float, "str": str}.get(
         spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", ""))
     return default_type or str
+
+
+def _flag(spec):
+    return spec.metadata["flag"] or "--" + spec.name.replace("_", "-")
+
+
+def _flag_kwargs(spec, default):
+    """add_argument's keywords for a RunConfig field (help and choices read from their
+    registries now)."""
+    meta = spec.metadata
+    kwargs = {"default": default, "help": _resolve(meta["help"]), "dest": spec.name}
+    if spec.type in (bool, "bool"):
+        kwargs["action"] = OnOff
+    else:
+        kwargs["type"] = _flag_type(spec)
+        for key in ("choices", "metavar", "nargs", "const"):
+            value = _resolve(meta[key])
+            if value is not None:
+                kwargs[key] = value
+    return kwargs
 
 
 def add_options(parser):
@@ -348,20 +399,48 @@ def add_options(parser):
     --no-x."""
     groups = {}
     for spec in fields(RunConfig):
-        meta = spec.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(
-            meta["group"], parser.add_argument_group(meta["group"]))
-        flag = meta["flag"] or "--" + spec.name.replace("_", "-")
-        help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
-        kwargs = {"default": spec.default, "help": help_text, "dest": spec.name}
-        if spec.type in (bool, "bool"):
-            kwargs["action"] = OnOff
-        else:
-            kwargs["type"] = _flag_type(spec)
-            for key in ("choices", "metavar", "nargs", "const"):
-                if meta[key] is not None:
-                    kwargs[key] = meta[key]
-        group.add_argument(flag, **kwargs)
+        group = groups.get(spec.metadata["group"]) or groups.setdefault(
+            spec.metadata["group"], parser.add_argument_group(spec.metadata["group"]))
+        group.add_argument(_flag(spec), **_flag_kwargs(spec, spec.default))
+
+
+def add_run_options(parser, names, *, defaults=None, flags=None, notes=None):
+    """Adds the RunConfig options `names` to another command line's parser (a benchmark's,
+    a study's), with launch.train's type, choices and help, so that an option that means the
+    same thing is given, parsed and checked the same way everywhere.
+
+    defaults: {name: value} where the command line has its own default (shown in --help);
+    flags: {name: ("--flag", ...)} where it keeps its own spelling (the dest stays the
+    field's name); notes: {name: text} appended to the help, what the option does there.
+    Check the values after parsing with check_run_options. Returns `names`."""
+    specs = {spec.name: spec for spec in fields(RunConfig)}
+    defaults, flags, notes = defaults or {}, flags or {}, notes or {}
+    unknown = sorted(set(names) - set(specs))
+    if unknown:
+        raise ValueError(f"not RunConfig options: {', '.join(unknown)}")
+    shows_defaults = isinstance(parser.formatter_class, type) and issubclass(
+        parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+    for name in names:
+        spec = specs[name]
+        kwargs = _flag_kwargs(spec, defaults.get(name, spec.default))
+        if notes.get(name):
+            kwargs["help"] += "; " + notes[name]
+        if not shows_defaults and kwargs["default"] is not None and "type" in kwargs:
+            kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(*flags.get(name, (_flag(spec),)), **kwargs)
+    return tuple(names)
+
+
+def check_run_options(parser, namespace, names):
+    """The values of the options add_run_options added, checked as launch.train checks them
+    (RunConfig.validate with the other options at their defaults; a None value, a command
+    line's "none given", is left out); a bad one ends in parser.error (exit 2, one line)."""
+    given = {name: getattr(namespace, name) for name in names
+             if getattr(namespace, name) is not None}
+    try:
+        RunConfig(**given).validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def load_config_file(path):

@@ -1,10 +1,13 @@
 """Argument checking and the derived quantities of the invariance layer: block size, window,
-method, the statistics-refresh schedule (stats_every, freeze) and the budgeted sampling stride.
+method, the statistics-refresh schedule (stats_every, freeze) and the budgeted sampling stride;
+and LayerOptions, the checked options of every layer of a network.
 
-Every bad argument is a ValueError that names the argument, raised when the layer is built.
+Every bad argument is a ValueError that names the argument, raised when the layer (or the
+LayerOptions) is built.
 """
 import math
 import numbers
+from dataclasses import asdict, dataclass, fields
 
 NORMS = ("sample", "local", "none")
 METHODS = ("auto", "newton", "spectral")
@@ -137,43 +140,106 @@ def resolve_method(method, device):
 
 # ---- the options a whole network takes (models.build_model, the run configuration) ------
 
-LAYER_DEFAULTS = {"block": 64, "sampling_stride": 3, "stats_budget": DEFAULT_STATS_BUDGET,
-                  "n_iter": 5, "first_n_iter": FIRST_CONV_N_ITER, "stats_every": 1,
-                  "sync": False, "method": "auto", "freeze": False}
 # Linear layers keep their own block (the full width up to 512) and are never sampled.
 CONV_ONLY = ("block", "sampling_stride", "stats_budget")
 
 
-def check_layer_options(layer_options):
-    """The network-wide layer options, checked, with every missing (or None) option set to
-    its default; raises a one-line ValueError naming the bad option.  sampling_stride may be
-    given as a string ("3", "auto"), as on a command line."""
-    given = {} if layer_options is None else layer_options
-    if not isinstance(given, dict):
-        raise ValueError(f"layer_options must be a dict, got {type(given).__name__}")
-    unknown = sorted(set(given) - set(LAYER_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown layer option {unknown[0]!r}; choose from "
-                         f"{', '.join(LAYER_DEFAULTS)}")
-    opts = {k: LAYER_DEFAULTS[k] if given.get(k) is None else given[k] for k in LAYER_DEFAULTS}
-    stride = opts["sampling_stride"]
-    if isinstance(stride, str) and stride.strip().isdigit():
-        opts["sampling_stride"] = int(stride)
-    positive_int("block", opts["block"])
-    opts["sampling_stride"] = sampling_stride(opts["sampling_stride"], opts["stats_budget"])
-    opts["stats_budget"] = float(opts["stats_budget"])
-    positive_int("first_n_iter", opts["first_n_iter"])
-    common(1e-5, opts["n_iter"], 0.1, "sample", opts["freeze"], opts["sync"], opts["method"],
-           opts["stats_every"])
-    return opts
+class LayerOptionError(ValueError):
+    """A bad network-wide layer option: `option` names it (None: a combination of options),
+    `problem` says what is wrong; str() is one line, `option problem`."""
+
+    def __init__(self, option, problem):
+        self.option, self.problem = option, problem
+        super().__init__(f"{option} {problem}" if option else problem)
 
 
-def layer_kwargs(opts, kind, first=False):
-    """Keyword arguments of one InvConv2d (kind "conv") or InvLinear ("linear") from checked
-    network options; the network's first conv gets first_n_iter iterations."""
-    kwargs = {k: v for k, v in opts.items() if k != "first_n_iter"}
-    if kind == "linear":
-        kwargs = {k: v for k, v in kwargs.items() if k not in CONV_ONLY}
-    if first:
-        kwargs["n_iter"] = opts["first_n_iter"]
-    return kwargs
+@dataclass(frozen=True)
+class LayerOptions:
+    """The options of every invariance layer of a network, checked once, when built.
+
+    Built from the run configuration (RunConfig.layer_options()) or from a dict
+    (LayerOptions.build), then handed to models.build_model and models.layers.LayerFactory,
+    which use it as it is. Bad values raise a one-line LayerOptionError naming the option.
+    sampling_stride may be given as a string ("3", "auto"), as on a command line."""
+
+    block: int = 64
+    sampling_stride: object = 3
+    stats_budget: float = DEFAULT_STATS_BUDGET
+    n_iter: int = 5
+    first_n_iter: int = FIRST_CONV_N_ITER
+    stats_every: int = 1
+    sync: bool = False
+    method: str = "auto"
+    freeze: bool = False
+
+    def __post_init__(self):
+        for name in ("block", "n_iter", "first_n_iter", "stats_every"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise LayerOptionError(name, f"must be an integer >= 1, got {value!r}")
+        stride = self.sampling_stride
+        if isinstance(stride, str) and stride.strip().isdigit():
+            stride = int(stride)
+        if stride != "auto" and (not _is_int(stride) or stride < 1):
+            raise LayerOptionError("sampling_stride", f"must be an integer >= 1 or 'auto', "
+                                   f"got {self.sampling_stride!r}")
+        budget = self.stats_budget
+        if not isinstance(budget, numbers.Real) or isinstance(budget, bool) or \
+                not 0 < budget < math.inf:
+            raise LayerOptionError("stats_budget", f"must be a finite number > 0, got {budget!r}")
+        for name in ("sync", "freeze"):
+            if not isinstance(getattr(self, name), bool):
+                raise LayerOptionError(name, f"must be true or false, got "
+                                       f"{getattr(self, name)!r}")
+        if self.method not in METHODS:
+            raise LayerOptionError("method", f"must be one of {', '.join(METHODS)}, got "
+                                   f"{self.method!r}")
+        if self.stats_every > 1 and self.freeze:
+            raise LayerOptionError(None, "stats_every > 1 and freeze are two refresh "
+                                   "schedules; choose one (freeze needs stats_every 1)")
+        object.__setattr__(self, "sampling_stride", stride if stride == "auto" else int(stride))
+        object.__setattr__(self, "stats_budget", float(budget))
+        for name in ("block", "n_iter", "first_n_iter", "stats_every"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+    @classmethod
+    def build(cls, given=None):
+        """LayerOptions from None (the defaults), a dict (missing or None entries take their
+        default; unknown names are refused) or a LayerOptions (returned as it is)."""
+        if given is None or isinstance(given, cls):
+            return given or cls()
+        if not isinstance(given, dict):
+            raise LayerOptionError(None, f"layer_options must be a dict or LayerOptions, got "
+                                   f"{type(given).__name__}")
+        names = [spec.name for spec in fields(cls)]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise LayerOptionError(None, f"unknown layer option {unknown[0]!r}; choose from "
+                                   f"{', '.join(names)}")
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+    def changed(self):
+        """Names of the options that are not their default, in declaration order."""
+        return [spec.name for spec in fields(self) if getattr(self, spec.name) != spec.default]
+
+    def for_norm(self, norm):
+        """self, unless norm is not "inv" and an option was changed: it would do nothing."""
+        changed = self.changed()
+        if norm != "inv" and changed:
+            raise LayerOptionError(changed[0], f"applies only to norm inv, got "
+                                   f"{getattr(self, changed[0])!r} with norm {norm!r}")
+        return self
+
+    def as_dict(self):
+        return asdict(self)
+
+    def conv_kwargs(self, first=False):
+        """Keyword arguments of one InvConv2d; the network's first conv gets first_n_iter."""
+        kwargs = {k: v for k, v in self.as_dict().items() if k != "first_n_iter"}
+        if first:
+            kwargs["n_iter"] = self.first_n_iter
+        return kwargs
+
+    def linear_kwargs(self):
+        """Keyword arguments of one InvLinear (no conv-only options)."""
+        return {k: v for k, v in self.conv_kwargs().items() if k not in CONV_ONLY}

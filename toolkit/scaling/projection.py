@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from toolkit.scaling.calibration import fit_alpha_beta, ring_allreduce_s
-from toolkit.strategies.auto_delay import DEFAULT_BOUNDS, choose_delay
+from toolkit.strategies.auto_delay import DEFAULT_BOUNDS, check_delay, choose_delay
 
 DEFAULT_WORKERS = tuple(2 ** k for k in range(3, 13))  # 8 ... 4096
 
@@ -59,9 +59,12 @@ def calibrate(measured, *, alpha=None, overlap=None, period=None, delay=None):
     period = period if period is not None else (measured.period or 1)
     measured_delay = measured.delay if isinstance(measured.delay, int) else 1
     delay = measured_delay if delay is None else delay
-    if period < 1 or (delay != "auto" and (not isinstance(delay, int) or delay < 0)):
-        raise ValueError(f"--period must be >= 1 and --delay an integer >= 0 or auto, got "
-                         f"{period}, {delay!r}")
+    if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+        raise ValueError(f"--period must be an integer >= 1, got {period!r}")
+    try:
+        check_delay(delay)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
     a, b = fit_alpha_beta(measured.points, alpha)
     notes = []
     if alpha is None and len({(p, n) for p, n, _ in measured.points}) >= 2:

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from toolkit.scaling.slurm_jobs import TERMINAL_STATES, job_state, submit
 
 MODES = ("weak", "strong")
-STRATEGIES = ("none", "sync", "local", "dasgd")
 LAUNCHERS = ("srun", "mpirun")
 # Set per job by the sweep; passing them as training arguments would contradict the plan.
 RESERVED_TRAIN_ARGS = ("--strategy", "--batch-size", "--out")
@@ -82,10 +81,11 @@ def validate(cfg):
     for m in cfg.modes:
         if m not in MODES:
             raise ValueError(f"unknown mode {m!r} in --modes (choose from {', '.join(MODES)})")
+    from toolkit.strategies import STRATEGY_NAMES
     for s in cfg.strategies:
-        if s not in STRATEGIES:
+        if s not in STRATEGY_NAMES:
             raise ValueError(f"unknown strategy {s!r} in --strategies "
-                             f"(choose from {', '.join(STRATEGIES)})")
+                             f"(choose from {', '.join(STRATEGY_NAMES)})")
     if cfg.launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher {cfg.launcher!r} (choose from {', '.join(LAUNCHERS)})")
     _positive("--batch-size", cfg.batch_size)

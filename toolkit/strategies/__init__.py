@@ -7,34 +7,36 @@
     ... loss.backward(); strategy.step(); strategy.optimizer.zero_grad() ...
     strategy.synchronize_model()   # before evaluation and checkpoints
 
-A strategy is a class taking (model, optimizer, **options); register it in STRATEGIES.
+A strategy is a class taking (model, optimizer, *, option=default, ...); register it in
+STRATEGIES.
 """
 from .base import Strategy
 from .baselines import NoCommunication, SyncSGD
 from .delayed_averaging import DaSGD, LocalSGD
 from .watchdog import CommunicationError
 
+# The strategy registry: the --strategy choices and their help come from it.
 STRATEGIES = {"none": NoCommunication, "sync": SyncSGD, "local": LocalSGD, "dasgd": DaSGD}
 STRATEGY_NAMES = tuple(STRATEGIES)
-# The options each strategy takes (make_strategy accepts all and passes on these).
-_OPTIONS = {"none": (), "sync": (), "local": ("period", "warmup_steps"),
-            "dasgd": ("period", "delay", "warmup_steps", "avg_dtype", "fragments")}
 
 
-def make_strategy(name, model, optimizer, *, period=1, delay=1, warmup_steps=0,
-                  avg_dtype="fp32", fragments=1):
+def make_strategy(name, model, optimizer, **options):
     """Wrap `optimizer` (already built on `model`'s parameters) in the named strategy.
 
     Horovod must be initialised (toolkit.job.init() or init_horovod()). The model is
-    broadcast from rank 0. `period`, `delay` (an integer or "auto"), `avg_dtype`
-    ("fp32", "bf16", "fp16") and `fragments` apply to dasgd (period also to local),
-    `warmup_steps` to both.
+    broadcast from rank 0. `options` may hold any option of any strategy (period, delay (an
+    integer or "auto"), warmup_steps, avg_dtype, fragments, ...): the named strategy gets
+    those its class declares (Strategy.options(): the keyword-only parameters of its
+    __init__, with their defaults there), the others are dropped.
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    given = {"period": period, "delay": delay, "warmup_steps": warmup_steps,
-             "avg_dtype": avg_dtype, "fragments": fragments}
-    return STRATEGIES[name](model, optimizer, **{k: given[k] for k in _OPTIONS[name]})
+    known = {option for cls in STRATEGIES.values() for option in cls.options()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"make_strategy: no strategy takes the option(s) {', '.join(unknown)}")
+    cls = STRATEGIES[name]
+    return cls(model, optimizer, **{k: v for k, v in options.items() if k in cls.options()})
 
 
 __all__ = ["STRATEGIES", "STRATEGY_NAMES", "Strategy", "NoCommunication", "SyncSGD", "DaSGD",

@@ -21,6 +21,14 @@ PROBE_REPEATS = 3
 DEFAULT_BOUNDS = (1, 8)
 
 
+def check_delay(delay):
+    """The delay option, wherever it is given (the run configuration, DaSGD, the scaling
+    projection): an integer >= 0, or "auto"; returned as it is, else a one-line ValueError."""
+    if delay != "auto" and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
+        raise ValueError(f"delay must be an integer >= 0 or auto, got {delay!r}")
+    return delay
+
+
 def check_bounds(bounds):
     lo, hi = bounds
     for value in (lo, hi):

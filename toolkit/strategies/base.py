@@ -1,5 +1,6 @@
 """What every strategy shares: the model's state tensors, the blocking average used before
 evaluation and checkpoints, the communication clock and the counters a checkpoint carries."""
+import inspect
 import time
 
 import torch
@@ -30,9 +31,19 @@ def float_optimizer_state(optimizer):
 
 
 class Strategy:
-    """Base class. Subclasses implement step() and may extend state_dict()."""
+    """Base class. Subclasses implement step() and may extend state_dict().
+
+    A strategy declares its options as the keyword-only parameters of its __init__ (see
+    options()), and says what it does in `about` (the --strategy help)."""
 
     name = "base"
+    about = ""
+
+    @classmethod
+    def options(cls):
+        """The options this strategy takes: the keyword-only parameters of its __init__."""
+        return tuple(p.name for p in inspect.signature(cls.__init__).parameters.values()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
     def __init__(self, model, optimizer):
         import horovod.torch as hvd

@@ -17,6 +17,8 @@ class NoCommunication(Strategy):
     so evaluation and checkpoints see one model (the average of the ranks')."""
 
     name = "none"
+    about = ("ranks train independently (models averaged only at evaluation and "
+             "checkpoints)")
 
     def step(self):
         self.optimizer.step()
@@ -30,6 +32,7 @@ class SyncSGD(Strategy):
     param_groups, so learning-rate schedules keep working on it)."""
 
     name = "sync"
+    about = "Horovod DistributedOptimizer"
 
     def __init__(self, model, optimizer):
         super().__init__(model, optimizer)

@@ -25,7 +25,7 @@ import time
 from collections import deque
 
 from .auto_delay import (DEFAULT_BOUNDS, FIRST_CHECK_AFTER, StepClock, check_bounds,
-                         decide_delay)
+                         check_delay, decide_delay)
 from .base import Strategy, float_optimizer_state
 from .flat import FlatBuffer
 from .fragments import check_fragments, fragment_offsets, piece_views, split_pieces
@@ -113,17 +113,16 @@ class DaSGD(Strategy):
     """
 
     name = "dasgd"
+    about = "delayed averaging that overlaps communication with compute"
     fuse_relaunch = True  # False: separate merge and snapshot passes (same values; tests)
 
     def __init__(self, model, optimizer, *, period=1, delay=1, warmup_steps=0,
                  average_optimizer_state=False, avg_dtype="fp32", fragments=1,
                  delay_bounds=DEFAULT_BOUNDS):
-        auto = delay == "auto"
-        for label, value, low in (("period", period, 1), ("delay", 0 if auto else delay, 0),
-                                  ("warmup_steps", warmup_steps, 0)):
+        auto = check_delay(delay) == "auto"
+        for label, value, low in (("period", period, 1), ("warmup_steps", warmup_steps, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{label} must be an integer >= {low}"
-                                 f"{' or auto' if label == 'delay' else ''}, got {value!r}")
+                raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
         check_avg_dtype(avg_dtype)
         check_fragments(fragments)
         delay_bounds = check_bounds(delay_bounds)
@@ -375,6 +374,7 @@ class LocalSGD(DaSGD):
     """Blocking periodic model averaging (d = 0): the `local` baseline."""
 
     name = "local"
+    about = "blocking model averaging every --period steps"
 
     def __init__(self, model, optimizer, *, period=1, warmup_steps=0):
         super().__init__(model, optimizer, period=period, delay=0, warmup_steps=warmup_steps)
