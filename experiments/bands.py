@@ -56,8 +56,12 @@ def group_runs(directories):
 def plot_bands(panels, path, key="test_acc", title=None):
     """panels: [(panel title, [(label, [curve per seed])])]; writes the PNG, returns path."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    for ax, (panel_title, groups) in zip(axes[0], panels):
+    cols = min(2, len(panels))
+    rows_ = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4.5 * rows_), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (panel_title, groups) in zip(axes.flat, panels):
         for i, (label, curves) in enumerate(groups):
             rows = band(curves, key)
             steps = [r["step"] for r in rows]

@@ -191,9 +191,9 @@ def write_family(out, family, rows, seeds, scale, provenance):
                    "dataset": plan_mod.DATASET, "scale": scale, "seeds": seeds,
                    "configs": summaries, "comparisons": comparisons,
                    "steps_to_target": d1_steps, "provenance": provenance}, f, indent=1)
-    panels = [(title, [(c.label(), [r["curve"] for (n, _), r in sorted(rows.items())
-                                    if n == c.name()]) for c in configs])
-              for title, configs in family.panels]
+    panels = [(title, [(c.label().replace(f", {c.ranks} ranks", ""),
+                        [r["curve"] for (n, _), r in sorted(rows.items()) if n == c.name()])
+                       for c in configs]) for title, configs in family.panels]
     try:
         plot_bands(panels, base + ".png", "test_acc", f"{family.id}: {family.title}")
     except RuntimeError as exc:  # PlotUnavailable: matplotlib missing
