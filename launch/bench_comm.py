@@ -12,6 +12,8 @@ the comparison). Without --rate the
 link is chosen, per transport, so that one model average takes about --comm-ratio x a
 step's compute.
 Ratios come from one run: the machine is shared, absolute times are not comparable.
+--model, --image-size, --batch-size, --period, --delay (an integer or auto) and --threads are
+launch.train's options (same types, choices and checks), with this benchmark's defaults.
 """
 import argparse
 import json
@@ -21,15 +23,18 @@ import subprocess
 import sys
 import tempfile
 
-from experiments.bench.comm import (check_comm_cpu, format_rate, rate_bits_per_s, ratios,
-                                round_ratio_spread, timeline_rounds)
+from experiments.bench.comm import (CONTENDERS, check_comm_cpu, format_rate, rate_bits_per_s,
+                                   ratios, round_ratio_spread, timeline_rounds)
 from experiments.emulation.procs import run_in_group
 from experiments.provenance import provenance, start
+from toolkit import config
 from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Horovod strategies, then PyTorch's own DDP and DDP + PostLocalSGD (experiments/bench/peers.py)
-STRATEGIES = ("none", "sync", "local", "dasgd", "ddp", "postlocal")
+STRATEGIES = CONTENDERS
+# launch.train's options, as launch.train parses and checks them (this benchmark's defaults)
+RUN_OPTIONS = ("model", "image_size", "batch_size", "period", "delay", "threads")
 TRANSPORTS = ("mpi", "gloo")
 
 
@@ -148,7 +153,9 @@ def calibrate(net, args, transport, out_dir, say, start_rate=None):
 
 def main(argv=None):
     started = start()
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    config.check_run_options(p, args, RUN_OPTIONS)
     from experiments.bench.device import check_device
     check_device(args.device)
     if args.rate is not None:
@@ -208,6 +215,7 @@ def main(argv=None):
                     f"per step: compute threads {cpu[strategy]['compute']:.3f} s, "
                     f"communication threads {cpu[strategy]['comm']:.3f} s)")
             entry = {"rate": rate, "step_s": step_s, **ratios(step_s),
+                     "dasgd_delay": result.get("dasgd_delay"),
                      "comm_wait_s_per_step": result["comm_wait_s_per_step"],
                      "cpu_s_per_step": cpu,
                      "step_s_per_rank": result["step_s_per_rank"],
@@ -259,16 +267,13 @@ def parser():
     p.add_argument("--comm-ratio", type=float, default=0.7,
                    help="calibration target: model average time / step compute time")
     p.add_argument("--transports", default="mpi,gloo", help="mpi,gloo or one of them")
-    p.add_argument("--model", default="resnet18_cifar")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32, help="per rank")
+    config.add_run_options(p, RUN_OPTIONS,
+                           defaults={"model": "resnet18_cifar", "image_size": 32, "threads": 1},
+                           notes={"period": "for local and dasgd"})
     p.add_argument("--rounds", type=int, default=4,
                    help="turns every strategy takes (the order rotates each round)")
     p.add_argument("--block-steps", type=int, default=4,
                    help="steps per turn; the first of each turn is not timed")
-    p.add_argument("--period", type=int, default=1, help="H for local and dasgd")
-    p.add_argument("--delay", type=int, default=1, help="d for dasgd")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--cycle-time-ms", type=float, default=None,
                    help="HOROVOD_CYCLE_TIME for every strategy (they share one job); default: "
                         "$HOROVOD_CYCLE_TIME if set, else 5, what launch.train uses for none and "

@@ -11,6 +11,8 @@ classes) unless --data-dir names an existing ImageFolder tree. The step rate is 
 here (--model, --norm, --threads on this device) or given with --consume-rate (e.g. a
 GPU's measured images/s). The loader and the step are timed separately: in a real run
 the workers compete with the compute threads for the same cores.
+--image-size, --batch (= --batch-size), --model, --norm, --threads and --seed are
+launch.train's options (same types, choices and checks), with this benchmark's defaults.
 """
 import argparse
 import json
@@ -25,9 +27,13 @@ import numpy as np
 import torch
 
 from experiments.provenance import provenance, start
+from toolkit import config
+
+# launch.train's options, as launch.train parses and checks them (this benchmark's defaults)
+RUN_OPTIONS = ("image_size", "batch_size", "model", "norm", "threads", "seed")
 
 
-def parse_args(argv=None):
+def parser():
     p = argparse.ArgumentParser(prog="python -m launch.bench_data",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", default="0,1,2",
@@ -37,31 +43,41 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None,
                    help="an existing ImageFolder tree (train/<class>/...) instead of "
                         "generated images")
-    p.add_argument("--image-size", type=int, default=224, help="crop size fed to the model")
-    p.add_argument("--batch", type=int, default=64, help="images per batch")
-    p.add_argument("--model", default="resnet18", help="model whose step rate is measured")
-    p.add_argument("--norm", default="bn", choices=["bn", "inv", "none"])
-    p.add_argument("--threads", type=int, default=0,
-                   help="compute threads of the measured step (0: all usable cores)")
+    config.add_run_options(
+        p, RUN_OPTIONS,
+        defaults={"image_size": 224, "batch_size": 64, "model": "resnet18", "norm": "bn"},
+        flags={"batch_size": ("--batch", "--batch-size")},
+        notes={"image_size": "here the crop fed to the model",
+               "batch_size": "here the images of one loader batch and of the measured step",
+               "model": "here the model whose step rate is measured",
+               "threads": "here the compute threads of the measured step"})
     p.add_argument("--steps", type=int, default=3, help="timed training steps (median)")
     p.add_argument("--consume-rate", type=float, default=0.0,
                    help="images/s the training step consumes, measured elsewhere (skips "
                         "the step measurement)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--md", help="write a markdown table to this file")
-    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parse_args(argv=None):
+    p = parser()
     args = p.parse_args(argv)
+    config.check_run_options(p, args, RUN_OPTIONS)
     try:
         args.workers = [int(w) for w in args.workers.split(",")]
     except ValueError:
         p.error(f"--workers must be comma-separated integers, got {args.workers!r}")
     if any(w < 0 for w in args.workers):
         p.error("--workers must be >= 0")
-    for name in ("images", "source_size", "image_size", "batch", "steps"):
+    for name in ("images", "source_size", "steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.threads < 0 or args.consume_rate < 0:
-        p.error("--threads and --consume-rate must be >= 0")
+    if args.consume_rate < 0:
+        p.error("--consume-rate must be >= 0")
+    if args.threads == 0:  # as in launch.train: $OMP_NUM_THREADS, else the usable cores
+        from toolkit.train import default_threads
+        args.threads = default_threads(1)
     return args
 
 
@@ -172,14 +188,14 @@ def main(argv=None):
         torch.set_num_threads(1)
         rates = {}
         for n in args.workers:
-            rates[n] = loader_rate(bundle.train, args.batch, n, args.seed)
+            rates[n] = loader_rate(bundle.train, args.batch_size, n, args.seed)
             print(f"loader, {n} worker(s): {rates[n]:.1f} images/s", flush=True)
     if args.consume_rate:
         consume, source = args.consume_rate, "rate given with --consume-rate"
     else:
         threads = args.threads or cores
         torch.set_num_threads(threads)
-        consume = step_rate(args.model, args.norm, args.image_size, args.batch, args.steps,
+        consume = step_rate(args.model, args.norm, args.image_size, args.batch_size, args.steps,
                             args.seed)
         source = f"measured on the CPU with {threads} thread(s)"
         print(f"training step of {args.model}: {consume:.1f} images/s ({source})", flush=True)
@@ -188,7 +204,7 @@ def main(argv=None):
         print(f"{n} worker(s): {'input-bound' if row['input_bound'] else 'not input-bound'} "
               f"({row['images_per_s']:.1f} vs {consume:.1f} images/s)")
     result = dict(images=args.images if args.data_dir is None else len(bundle.train),
-                  source_size=args.source_size, image_size=args.image_size, batch=args.batch,
+                  source_size=args.source_size, image_size=args.image_size, batch=args.batch_size,
                   model=args.model, norm=args.norm, step_source=source,
                   consume_images_per_s=consume, loader={str(n): r for n, r in rows.items()},
                   workers_needed=needed, cores=cores, load_average=os.getloadavg()[0],

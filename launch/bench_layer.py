@@ -4,6 +4,9 @@ invariance layer (C++ ops) refreshing its statistics on every step (k = 1) and o
 
     python -m launch.bench_layer --json runs/bench_layer.json [--batch 128 --threads 2]
 
+--model, --batch (= --batch-size), --threads, --image-size and --seed are launch.train's
+options (same types, choices and checks), with this benchmark's defaults.
+
 Prints the step times and the ratios inv_over_bn (k = 1), inv_over_bn_k10 (target <= 1.25),
 inv_over_floor (k = 1 step over the measured floor, target <= 1.10) and ref_over_inv
 (target >= 2.0), and a per-layer table (forward, backward, share of statistics / inverse
@@ -19,31 +22,45 @@ import sys
 import torch
 
 from experiments.provenance import provenance, start
+from toolkit import config
 
 TARGETS = {"inv_over_bn_k10": ("<=", 1.25), "inv_over_floor": ("<=", 1.10),
            "ref_over_inv": (">=", 2.0)}
 PERIOD = 10
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+# launch.train's options, as launch.train parses and checks them (this benchmark's defaults)
+RUN_OPTIONS = ("model", "batch_size", "threads", "image_size", "seed")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m launch.bench_layer",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--model", default="resnet18_cifar")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
+    config.add_run_options(
+        p, RUN_OPTIONS, defaults={"model": "resnet18_cifar", "batch_size": 128, "threads": 2,
+                                  "image_size": 32},
+        flags={"batch_size": ("--batch", "--batch-size")},
+        notes={"image_size": "here the side of the random input images"})
     p.add_argument("--steps", type=int, default=5,
                    help="interleaved rounds (median); k = 10 runs a whole period per round")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--no-table", action="store_true", help="skip the per-layer table")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
                    help="cpu, or cuda (timed with CUDA events; without the CPU analyses: "
                         "floor and per-layer table)")
+    return p
+
+
+def parse_args(argv=None):
+    p = parser()
     args = p.parse_args(argv)
-    for name in ("batch", "threads", "steps", "image_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    config.check_run_options(p, args, RUN_OPTIONS)
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    if args.threads == 0:  # as in launch.train: $OMP_NUM_THREADS, else the usable cores
+        from toolkit.train import default_threads
+        args.threads = default_threads(1)
     return args
 
 
@@ -79,13 +96,15 @@ def main(argv=None):
                                      step_times)
 
     nets = build_models(args)
-    x, y = make_batch(args.batch, args.image_size, seed=args.seed)
-    print(f"{args.model}, batch {args.batch}, {args.threads} threads, {args.steps} interleaved "
-          f"rounds (median; k = {PERIOD}: the mean of one whole period per round)", flush=True)
+    x, y = make_batch(args.batch_size, args.image_size, seed=args.seed)
+    print(f"{args.model}, batch {args.batch_size}, {args.threads} threads, {args.steps} "
+          f"interleaved rounds (median; k = {PERIOD}: the mean of one whole period per round)",
+          flush=True)
     medians, samples = step_times(nets, x, y, steps=args.steps, warmup=args.warmup,
                                   periods={"inv_k10": PERIOD})
     floor_rows, floor_s = floor_estimate(nets["inv"], x, medians["bn"])
-    result = dict(model=args.model, batch=args.batch, threads=args.threads, steps=args.steps,
+    result = dict(model=args.model, batch=args.batch_size, threads=args.threads,
+                  steps=args.steps,
                   bn_step_s=medians["bn"], inv_step_s=medians["inv"],
                   inv_k10_step_s=medians["inv_k10"], ref_step_s=medians["ref"],
                   floor_inv_step_s=floor_s,
@@ -129,12 +148,13 @@ def cuda_main(args, device, argv=None, started=None):
     from experiments.bench.layer import make_batch, step_times
     torch.manual_seed(args.seed)
     nets = {name: net.to(device) for name, net in build_models(args).items()}
-    x, y = (t.to(device) for t in make_batch(args.batch, args.image_size, seed=args.seed))
-    print(f"{args.model}, batch {args.batch}, {torch.cuda.get_device_name(device)}, "
+    x, y = (t.to(device)
+            for t in make_batch(args.batch_size, args.image_size, seed=args.seed))
+    print(f"{args.model}, batch {args.batch_size}, {torch.cuda.get_device_name(device)}, "
           f"{args.steps} interleaved rounds (median, CUDA events)", flush=True)
     medians, samples = step_times(nets, x, y, steps=args.steps, warmup=args.warmup,
                                   periods={"inv_k10": PERIOD})
-    result = dict(model=args.model, batch=args.batch, steps=args.steps, device=str(device),
+    result = dict(model=args.model, batch=args.batch_size, steps=args.steps, device=str(device),
                   gpu=torch.cuda.get_device_name(device), bn_step_s=medians["bn"],
                   inv_step_s=medians["inv"], inv_k10_step_s=medians["inv_k10"],
                   ref_step_s=medians["ref"], inv_over_bn=medians["inv"] / medians["bn"],

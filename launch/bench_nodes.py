@@ -10,6 +10,8 @@ several sizes and one job in which none, sync and dasgd take turns (experiments.
 with mpirun over ssh and TCP on the nodes' links, then deletes the nodes. Writes the JSON
 and a markdown table next to it (same name, .md): measurements, alpha and beta fitted to
 all points, and the projection's error at each worker count.
+--model, --batch-size, --period and --delay (an integer or auto) are launch.train's options
+(same types, choices and checks), with this benchmark's defaults.
 """
 import argparse
 import json
@@ -28,10 +30,13 @@ from experiments.emulation.network import NodeNetwork, check_rate, rate_bytes_pe
 from experiments.emulation.packages import ensure_programs
 from experiments.emulation.ssh import NodeSsh
 from experiments.provenance import provenance, start
+from toolkit import config
 from toolkit.mpi_policy import python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES = ("none", "sync", "dasgd")
+# launch.train's options, as launch.train parses and checks them (this benchmark's defaults)
+RUN_OPTIONS = ("model", "batch_size", "period", "delay")
 # The projection models a ring allreduce; Open MPI would pick other algorithms by size and
 # rank count (recursive doubling, Rabenseifner), so the ring is forced for the check.
 RING = {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
@@ -102,7 +107,8 @@ def measure(nodes, args, p, sizes, out_dir):
 
 def project(bench_json, workers, delay, prefix):
     """launch.scaling project on the 2-node measurement at the measured dasgd delay (not
-    the delay it would choose per worker count); its JSON (model and rows)."""
+    the delay it would choose per worker count; with --delay auto, as auto chooses it at each
+    worker count, as the measured jobs did); its JSON (model and rows)."""
     cmd = python_module("launch.scaling", "project", "--bench", bench_json, "--workers",
                         ",".join(map(str, workers)), "--delay", delay, "--out", prefix)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -114,7 +120,9 @@ def project(bench_json, workers, delay, prefix):
 
 def main(argv=None):
     started = start()
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    config.check_run_options(p, args, RUN_OPTIONS)
     try:
         check_rate(args.rate)
         workers = sorted({int(w) for w in args.workers.split(",")})
@@ -142,6 +150,7 @@ def _run(args, workers, extra, out_dir, say, command, argv=None, started=None):
                             if pt["bytes"] == model_bytes)
             measured[p] = {"hosts": allreduce["hosts"], "allreduce": allreduce["allreduce"],
                            "allreduce_s": at_model, "step_s": steps["step_s"],
+                           "dasgd_delay": steps.get("dasgd_delay"),
                            "round_step_s": steps["round_step_s"]}
             say(f"{p} nodes: " + "  ".join(f"{s} {steps['step_s'][s]:.3f} s" for s in
                                            STRATEGIES) + f"  allreduce {at_model:.3f} s")
@@ -150,7 +159,8 @@ def _run(args, workers, extra, out_dir, say, command, argv=None, started=None):
     bench2 = os.path.join(out_dir, "bench_2_nodes.json")
     with open(bench2, "w") as f:
         json.dump({"model": args.model, "ranks": 2, "batch_per_rank": args.batch_size,
-                   "period": args.period, "delay": args.delay, "step_s": two["step_s"],
+                   "period": args.period, "delay": args.delay,
+                   "dasgd_delay": two["dasgd_delay"], "step_s": two["step_s"],
                    "model_bytes": model_bytes, "allreduce": two["allreduce"]}, f)
     projection = project(bench2, workers, args.delay, os.path.join(out_dir, "projection"))
     checks = compare(projection["rows"], projection["model"]["compute_s"], measured,
@@ -202,12 +212,9 @@ def parser():
     p.add_argument("--sizes", default="65536,262144,1048576,4194304",
                    help="allreduce message sizes in bytes (the model's size is added)")
     p.add_argument("--repeats", type=int, default=5, help="timed allreduces per size")
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--batch-size", type=int, default=32, help="per rank")
+    config.add_run_options(p, RUN_OPTIONS, defaults={"model": "resnet20"})
     p.add_argument("--rounds", type=int, default=4, help="turns of every strategy")
     p.add_argument("--block-steps", type=int, default=4, help="steps per turn")
-    p.add_argument("--period", type=int, default=1, help="dasgd H")
-    p.add_argument("--delay", type=int, default=1, help="dasgd d")
     p.add_argument("--cycle-time-ms", type=float, default=5.0, help="HOROVOD_CYCLE_TIME")
     p.add_argument("--target", type=float, default=0.10, help="allowed relative error")
     p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from toolkit import config
+
 
 def _int_list(text):
     try:
@@ -20,17 +22,12 @@ def _int_list(text):
         raise argparse.ArgumentTypeError(f"want comma-separated integers, got {text!r}")
 
 
-def _int_or_auto(text):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"want an integer or auto, got {text!r}") from None
-
-
 def _str_list(text):
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# launch.train's options of `project`, as launch.train parses and checks them
+PROJECT_RUN_OPTIONS = ("period", "delay")
 
 
 def parser():
@@ -94,10 +91,11 @@ def parser():
                         "several sizes, else assumed 5e-6)")
     j.add_argument("--overlap", type=float, default=None,
                    help="share of a step that overlaps sync's allreduce (default: calibrated)")
-    j.add_argument("--period", type=int, default=None,
-                   help="dasgd H (default: the benchmark's, else 1)")
-    j.add_argument("--delay", type=_int_or_auto, default="auto",
-                   help="dasgd d, or auto: per worker count as --delay auto would choose it")
+    config.add_run_options(
+        j, PROJECT_RUN_OPTIONS, defaults={"period": None, "delay": "auto"},
+        notes={"period": "of the projected dasgd; none given: the benchmark's, else 1",
+               "delay": "of the projected dasgd; auto: per worker count, as --delay auto "
+                        "would choose it"})
     j.add_argument("--batch-per-rank", type=int, default=None, help="for images/s")
     j.add_argument("--workers", default="8..4096", help="8,16,... or a range 8..4096")
     j.add_argument("--out", default="runs/projection",
@@ -190,7 +188,10 @@ def cmd_project(args):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "project":
+        config.check_run_options(p, args, PROJECT_RUN_OPTIONS)
     handler = {"sweep": cmd_sweep, "wait": cmd_wait, "report": cmd_report,
                "project": cmd_project}[args.command]
     try:

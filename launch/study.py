@@ -22,11 +22,7 @@ from toolkit import config
 RUN_OPTIONS = ("epochs", "norm", "lr")
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["claims"]:
-        from experiments.studies.claims_cli import main as claims_main
-        return claims_main(argv[1:])
+def parser():
     p = argparse.ArgumentParser(prog="python -m launch.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["lr-check", "convergence", "stats-every", "claims"])
@@ -46,6 +42,15 @@ def main(argv=None):
                         "models found in DIR/runs.jsonl)")
     p.add_argument("--report-only", action="store_true",
                    help="stats-every: report the finished runs of DIR/runs.jsonl, train none")
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["claims"]:
+        from experiments.studies.claims_cli import main as claims_main
+        return claims_main(argv[1:])
+    p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)
     os.makedirs(args.out, exist_ok=True)

@@ -1,4 +1,5 @@
 """The typed run configuration: flags generated from RunConfig, one validation, --config."""
+import argparse
 import json
 import os
 
@@ -125,3 +126,84 @@ def test_resume_refuses_other_layer_options(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("inv_stats_every=2 there, 3 here")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- the other command lines take the training options as launch.train does ----------------
+
+# Flags spelled like a training flag that mean something else on that command line.
+OWN_MEANING = {
+    "launch.bench_layer": {"--device"},  # cpu or cuda, no auto
+    "launch.bench_comm": {"--device"},
+    "experiments.bench.comm": {"--device", "--out"},  # --out: the JSON rank 0 writes
+    "launch.bench_nodes": {"--workers"},  # node counts
+    "launch.bench_data": {"--workers", "--data-dir"},  # worker counts; an ImageFolder tree
+    "launch.scaling sweep": {"--workers", "--out", "--batch-size"},  # strong: largest job's
+    "launch.scaling project": {"--workers", "--out"},
+    "launch.study": {"--out"},
+    "launch.plot": {"--out"},  # the image
+}
+
+
+def _command_lines():
+    """name -> (parser, the RunConfig options it declares with config.add_run_options)."""
+    from experiments.bench import comm
+    from launch import bench_comm, bench_data, bench_layer, bench_nodes, plot, scaling, study
+
+    def sub(p, command):
+        action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        return action.choices[command]
+
+    return {"launch.bench_layer": (bench_layer.parser(), bench_layer.RUN_OPTIONS),
+            "launch.bench_comm": (bench_comm.parser(), bench_comm.RUN_OPTIONS),
+            "experiments.bench.comm": (comm.worker_parser(), comm.WORKER_RUN_OPTIONS),
+            "launch.bench_nodes": (bench_nodes.parser(), bench_nodes.RUN_OPTIONS),
+            "launch.bench_data": (bench_data.parser(), bench_data.RUN_OPTIONS),
+            "launch.scaling sweep": (sub(scaling.parser(), "sweep"), ()),
+            "launch.scaling project": (sub(scaling.parser(), "project"),
+                                       scaling.PROJECT_RUN_OPTIONS),
+            "launch.study": (study.parser(), study.RUN_OPTIONS),
+            "launch.plot": (plot.parser(), ())}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_MEANING))
+def test_every_command_line_takes_the_training_options_as_launch_train(name):
+    """An option of another command line spelled like a training option is the training
+    option (same dest, type, choices, help, flag), unless listed above as meaning
+    something else there."""
+    train = parser()._actions
+    by_flag = {flag: a for a in train for flag in a.option_strings if a.dest != "help"}
+    by_dest = {a.dest: a for a in train}
+    p, shared = _command_lines()[name]
+    assert set(shared) <= {a.dest for a in p._actions}
+    for action in p._actions:
+        if action.dest in shared:
+            mine = by_dest[action.dest]
+            assert (action.type, action.choices) == (mine.type, mine.choices), action.dest
+            assert action.help.startswith(mine.help), action.dest
+            assert mine.option_strings[0] in action.option_strings, action.dest
+        else:
+            clash = set(action.option_strings) & set(by_flag)
+            assert clash <= OWN_MEANING[name], (action.dest, clash)
+
+
+def test_shared_options_parse_and_check_as_in_training(tmp_path, capsys):
+    from experiments.bench.comm import parse_worker_args
+    from launch import bench_comm, bench_layer, bench_nodes, scaling
+    for module in (bench_comm, bench_nodes):
+        assert module.parser().parse_args(["--json", "x", "--delay", "auto"]).delay == "auto"
+        assert module.parser().parse_args(["--json", "x", "--delay", "3"]).delay == 3
+    assert parse_worker_args(["--out", "x", "--delay", "auto"]).delay == "auto"
+    assert scaling.parser().parse_args(["project", "--delay", "2"]).delay == 2
+    args = bench_layer.parse_args(["--batch-size", "4", "--model", "small_cnn"])
+    assert (args.batch_size, args.model) == (4, "small_cnn")
+    assert bench_layer.parse_args(["--batch", "8"]).batch_size == 8  # its documented spelling
+    # the checks are launch.train's: one line, exit 2, before any work
+    for main, argv, message in (
+            (bench_nodes.main, ["--json", str(tmp_path / "n.json"), "--delay", "-1"],
+             "--delay must be an integer >= 0 or auto, got -1"),
+            (bench_layer.main, ["--batch", "0"], "--batch-size must be an integer >= 1, got 0"),
+            (bench_layer.main, ["--model", "resnet19"], "invalid choice: 'resnet19'")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)

@@ -7,6 +7,9 @@ writes each strategy's median step time (slowest rank) as JSON. launch/bench_com
 inside a rate-limited network namespace and compares the strategies.
 
     python -m experiments.bench.comm --strategies none,sync,local,dasgd --out result.json
+
+--model, --image-size, --batch-size, --period, --delay (an integer or auto), --threads and
+--seed are launch.train's options (same types and checks).
 """
 import argparse
 import json
@@ -17,6 +20,12 @@ import time
 
 import torch
 
+from experiments.bench.peers import PEER_NAMES
+from toolkit import config
+from toolkit.strategies import STRATEGY_NAMES
+
+# What the benchmark can time: the strategies of the registry, then PyTorch's own peers.
+CONTENDERS = STRATEGY_NAMES + PEER_NAMES
 RATE_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
 RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 # Message sizes (fractions of the model) timed for the latency/bandwidth fit.
@@ -41,10 +50,10 @@ def ratios(step_s):
     (sync - dasgd) / (sync - none)."""
     none, sync, dasgd = step_s["none"], step_s["sync"], step_s["dasgd"]
     out = {"dasgd_over_none": dasgd / none, "sync_over_none": sync / none}
-    for name in ("local", "ddp", "postlocal"):
-        if name in step_s:
+    for name in CONTENDERS:
+        if name not in ("none", "sync", "dasgd") and name in step_s:
             out[f"{name}_over_none"] = step_s[name] / none
-    peers = [step_s[n] for n in ("sync", "local", "ddp", "postlocal") if n in step_s]
+    peers = [step_s[n] for n in CONTENDERS if n not in ("none", "dasgd") and n in step_s]
     # DaSGD's step against the fastest of the other data-parallel methods (<= 1: no slower)
     out["dasgd_over_fastest_peer"] = dasgd / min(peers)
     exposed = sync - none
@@ -53,14 +62,13 @@ def ratios(step_s):
     return out
 
 
-def round_ratio_spread(round_step_s, over="none",
-                       of=("sync", "local", "dasgd", "ddp", "postlocal")):
+def round_ratio_spread(round_step_s, over="none", of=None):
     """Per-round ratios strategy/none (turns of one round run back to back, so a change in
     the machine's load between rounds cancels): median and quartiles per strategy, which show
     how far the ratio of the medians can be trusted on a shared machine."""
     base = round_step_s.get(over)
     spread = {}
-    for name in of:
+    for name in of or [n for n in CONTENDERS if n != over]:
         if base is None or name not in round_step_s:
             continue
         per_round = sorted(a / b for a, b in zip(round_step_s[name], base))
@@ -209,7 +217,7 @@ class _Contender:
     take turns."""
 
     def __init__(self, name, args, make_strategy, build_model):
-        from experiments.bench.peers import PEER_NAMES, TorchPeer
+        from experiments.bench.peers import TorchPeer
         torch.manual_seed(args.seed)
         self.name = name
         self.model = build_model(args.model, num_classes=10, in_channels=3,
@@ -244,14 +252,15 @@ def run_worker(args):
     """All strategies in one job, taking turns in blocks of steps (the order rotates every
     round), so that they all see the same load on a shared machine."""
     from toolkit.job.startup import communication_threads, init_horovod
-    from experiments.bench.peers import PEER_NAMES, init_torch_distributed
+    from experiments.bench.peers import init_torch_distributed
     from toolkit.strategies import make_strategy
+    from toolkit.train import default_threads
     hvd = init_horovod()
     from experiments.bench.device import benchmark_device
     benchmark_device(args.device, local_rank=hvd.local_rank())  # cuda: this rank's GPU
     if args.comm_cpu is not None:
         give_communication_a_core(args.comm_cpu, communication_threads())
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads(hvd.local_size()))
     from models import build_model
     names = [n for n in args.strategies.split(",") if n]
     comm_threads = communication_threads()
@@ -297,6 +306,9 @@ def run_worker(args):
                   "rounds": args.rounds, "block_steps": args.block_steps,
                   "timed_steps_per_strategy": len(contenders[0].times),
                   "period": args.period, "delay": args.delay,
+                  # the d dasgd ran with (--delay auto: the one it chose)
+                  "dasgd_delay": next((c.strategy.delay for c in contenders
+                                       if c.name == "dasgd"), None),
                   # The job moves at the pace of its slowest rank.
                   "step_s": {c.name: float(everyone[:, i, 0].max())
                              for i, c in enumerate(contenders)},
@@ -326,22 +338,21 @@ def run_worker(args):
         dist.destroy_process_group()
 
 
+# launch.train's options, as launch.train parses and checks them (this benchmark's defaults)
+WORKER_RUN_OPTIONS = ("model", "image_size", "batch_size", "period", "delay", "threads", "seed")
+
+
 def worker_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.bench.comm",
                                 description="one rank of the communication-hiding benchmark")
     p.add_argument("--strategies", default="none,sync,local,dasgd",
                    help="comma-separated, taking turns in one job")
     p.add_argument("--out", required=True, help="JSON written by rank 0")
-    p.add_argument("--model", default="resnet18_cifar")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
+    config.add_run_options(p, WORKER_RUN_OPTIONS,
+                           defaults={"model": "resnet18_cifar", "image_size": 32, "threads": 1})
     p.add_argument("--rounds", type=int, default=3, help="turns of every strategy")
     p.add_argument("--block-steps", type=int, default=4,
                    help="steps per turn (the first one untimed)")
-    p.add_argument("--period", type=int, default=1)
-    p.add_argument("--delay", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, or cuda: this local rank's GPU")
     p.add_argument("--comm-cpu", type=int, default=None,
                    help="pin the threads hvd.init() started to this CPU and compute to the "
@@ -354,5 +365,12 @@ def worker_parser():
     return p
 
 
+def parse_worker_args(argv=None):
+    p = worker_parser()
+    args = p.parse_args(argv)
+    config.check_run_options(p, args, WORKER_RUN_OPTIONS)
+    return args
+
+
 if __name__ == "__main__":
-    run_worker(worker_parser().parse_args())
+    run_worker(parse_worker_args())

@@ -137,7 +137,9 @@ def load_bench(path, transport=None):
     out = {"compute_s": step["none"], "sync_s": step.get("sync"), "dasgd_s": step.get("dasgd"),
            "workers": workers, "bytes": nbytes, "bytes_note": bytes_note,
            "batch_per_rank": _first(chain, BATCH_KEYS),
-           "period": _first(chain, ("period",)), "delay": _first(chain, ("delay",))}
+           "period": _first(chain, ("period",)),
+           # the d the benchmark's dasgd ran with (under --delay auto: the one it chose)
+           "delay": _first(chain, ("dasgd_delay",)) or _first(chain, ("delay",))}
     series = _first(chain, SERIES_KEYS)
     single = _first(chain, ALLREDUCE_KEYS)
     out["points"] = []
