@@ -28,3 +28,30 @@ def test_largest_k_within_half_a_point_with_every_smaller_k_holding():
     k10 = next(s for s in summary if s["stats_every"] == 10)
     assert abs(k10["val_loss_points"] - 1.0) < 1e-9
     assert "| m | 0.1 | 10 |" in study.table(summary, {"m @ lr 0.1": 4}, {"m": 3})
+
+
+def test_runs_train_through_launch_train_step_schedule_and_optimizer(monkeypatch):
+    """The study steps its runs with launch.train's own functions and configuration."""
+    import toolkit.schedule
+    import toolkit.train
+    torch.set_num_threads(1)
+    calls = {"train_step": 0, "lr_at": []}
+    real_step, real_lr = toolkit.train.train_step, toolkit.schedule.lr_at
+
+    def counting_step(*args, **kwargs):
+        calls["train_step"] += 1
+        return real_step(*args, **kwargs)
+
+    def recording_lr(step, **kwargs):
+        calls["lr_at"].append(kwargs)
+        return real_lr(step, **kwargs)
+
+    monkeypatch.setattr(toolkit.train, "train_step", counting_step)
+    monkeypatch.setattr(toolkit.schedule, "lr_at", recording_lr)
+    x, y = study.digits_splits()[0]
+    splits = ((x[:320], y[:320]), (x[320:400], y[320:400]), (x[400:480], y[400:480]))
+    row = study.train_run("small_cnn", 1, 0.1, 0, 2, splits)
+    assert calls["train_step"] == 2 * 320 // 32 and len(row["val_curve"]) == 2
+    cfg = study.run_config("small_cnn", 1, 0.1, 0, 2)
+    assert calls["lr_at"][0] == {"peak_lr": 0.1, "total_steps": 20, "warmup_steps": 0,
+                                 "schedule": cfg.schedule, "start_lr": 0.1}

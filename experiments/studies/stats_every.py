@@ -5,19 +5,21 @@ seeds: final accuracy and the epoch reaching 97 %.  The digits training split is
 a training part and a validation part (fixed seed); conclusions (which k holds) are drawn on
 the validation accuracy, the test accuracy is reported beside it and never used to choose.
 
-Each run is a single-process training loop (SGD momentum 0.9, weight decay 5e-4, cosine
-schedule per step to 0, batch 32, one thread), the recipe of launch.train's defaults.
+Each run trains as launch.train does on one rank, with its pieces: the run configuration
+(RunConfig: its defaults, i.e. SGD momentum 0.9, weight decay 5e-4, cosine schedule per step
+to 0, here with batch 32 and strategy none), the optimizer (toolkit.optim.build_optimizer),
+the schedule (toolkit.schedule.lr_at), the step (toolkit.train.train_step) and the batches
+(toolkit.data.pipeline.TrainLoader, seeded by the run's seed), in one process and one thread.
 Finished runs are appended to runs.jsonl in the output directory, so an interrupted study
 continues where it stopped.
 """
 import json
-import math
 import os
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 from experiments.studies.digits import first_epoch_reaching, mean_std
 
@@ -52,36 +54,66 @@ def accuracy(model, data):
     return correct / len(y)
 
 
+def run_config(model_name, stats_every, lr, seed, epochs, batch_size=32):
+    """The launch.train configuration of one run (validated as launch.train validates it)."""
+    from toolkit.config import RunConfig
+    return RunConfig(model=model_name, norm="inv", dataset="digits", strategy="none",
+                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                     inv_stats_every=stats_every, threads=1).validate()
+
+
+class _OneRank:
+    """What the `none` strategy does on one rank (NoCommunication.step: the optimizer's
+    step), without starting Horovod in the study's process: train_step's `strategy`."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self):
+        self.optimizer.step()
+
+
 def train_run(model_name, stats_every, lr, seed, epochs, splits, batch_size=32):
-    """One training run; returns its per-epoch validation and test accuracy."""
-    from models import build_model
+    """One training run, stepped by launch.train's functions (module doc); returns its
+    per-epoch validation and test accuracy."""
+    from torch.utils.data import TensorDataset
+    from toolkit.data import steps_per_epoch
+    from toolkit.data.pipeline import TrainLoader
+    from toolkit.optim import build_optimizer, parse_betas
+    from toolkit.schedule import lr_at, scaled_lr
+    from toolkit.train import Diverged, build_model, train_step
+    cfg = run_config(model_name, stats_every, lr, seed, epochs, batch_size)
     train, val, test = splits
-    torch.manual_seed(seed)
-    model = build_model(model_name, num_classes=10, in_channels=1, image_size=8, norm="inv",
-                        layer_options={"stats_every": stats_every})
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps_per_epoch = len(train[1]) // batch_size
-    total, step, diverged = epochs * steps_per_epoch, 0, False
-    order = torch.Generator().manual_seed(seed)
+    torch.manual_seed(cfg.seed)
+    shape = SimpleNamespace(num_classes=int(max(t[1].max() for t in splits)) + 1,
+                            in_channels=train[0].shape[1], image_size=train[0].shape[-1])
+    model = build_model(cfg, shape, torch.device("cpu"))
+    peak_lr = scaled_lr(cfg.lr, 1, cfg.lr_scaling)
+    strategy = _OneRank(build_optimizer(
+        model, cfg.optimizer, lr=peak_lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, betas=parse_betas(cfg.betas), grad_clip=cfg.grad_clip))
+    loader = TrainLoader(TensorDataset(*train), cfg.batch_size, 0, 1, cfg.seed, workers=0)
+    steps_epoch = steps_per_epoch(len(train[1]), cfg.batch_size, 1)
+    total, warmup = steps_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_epoch)
+    step, diverged = 0, False
     val_curve, test_curve, start = [], [], time.perf_counter()
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(train[1]), generator=order)[: steps_per_epoch * batch_size]
-        for batch in perm.view(steps_per_epoch, batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(model(train[0][batch]), train[1][batch])
-            if not torch.isfinite(loss):
+    for epoch in range(cfg.epochs):
+        for x, y in loader.epoch(epoch):
+            lr_now = lr_at(step, peak_lr=peak_lr, total_steps=total, warmup_steps=warmup,
+                           schedule=cfg.schedule, start_lr=cfg.lr)
+            try:
+                train_step(model, strategy, x, y, lr_now, amp=cfg.amp,
+                           label_smoothing=cfg.label_smoothing)
+            except Diverged:
                 diverged = True
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             step += 1
         val_curve.append(accuracy(model, val))
         test_curve.append(accuracy(model, test))
         if diverged:
             break
+    loader.close()
     return {"model": model_name, "stats_every": stats_every, "lr": lr, "seed": seed,
             "epochs": epochs, "val_curve": val_curve, "test_curve": test_curve,
             "final_val": val_curve[-1], "final_test": test_curve[-1],
