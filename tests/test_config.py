@@ -202,7 +202,8 @@ def test_shared_options_parse_and_check_as_in_training(tmp_path, capsys):
             (bench_nodes.main, ["--json", str(tmp_path / "n.json"), "--delay", "-1"],
              "--delay must be an integer >= 0 or auto, got -1"),
             (bench_layer.main, ["--batch", "0"], "--batch-size must be an integer >= 1, got 0"),
-            (bench_layer.main, ["--model", "resnet19"], "invalid choice: 'resnet19'")):
+            (bench_layer.main, ["--model", "resnet19"],
+             "--model must be one of small_cnn, resnet18_cifar")):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2 and message in capsys.readouterr().err

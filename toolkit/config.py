@@ -36,12 +36,15 @@ class ConfigError(ValueError):
 
 
 def option(default, help, group, *, choices=None, flag=None, metavar=None, nargs=None,
-           const=None, type=None):
+           const=None, type=None, parser_choices=True):
     """A RunConfig field with what its command-line flag needs. help and choices may be
     functions (read from a registry when a parser is made or values are checked); type is
-    the flag's parser of the text (default: from the field's annotation)."""
+    the flag's parser of the text (default: from the field's annotation). parser_choices
+    False: the choices are checked by validate() only (its one-line error lists them), not
+    by argparse."""
     meta = {"help": help, "group": group, "choices": choices, "flag": flag,
-            "metavar": metavar, "nargs": nargs, "const": const, "type": type}
+            "metavar": metavar, "nargs": nargs, "const": const, "type": type,
+            "parser_choices": parser_choices}
     return field(default=default, metadata=meta)
 
 
@@ -111,9 +114,11 @@ MODEL, DIST, OPT, LAYER, RUN = ("model and data", "distributed strategy", "optim
 @dataclass
 class RunConfig:
     # model and data
-    model: str = option("small_cnn", model_help, MODEL, choices=model_names, metavar="NAME")
+    model: str = option("small_cnn", model_help, MODEL, choices=model_names,
+                        parser_choices=False, metavar="NAME")
     norm: str = option("inv", norm_help, MODEL, choices=norm_names)
-    dataset: str = option("digits", dataset_help, MODEL, choices=dataset_names, metavar="NAME")
+    dataset: str = option("digits", dataset_help, MODEL, choices=dataset_names,
+                          parser_choices=False, metavar="NAME")
     data_dir: str = option(None, "dataset location on disk (fashion_mnist without it: "
                            "where Debian's dataset-fashion-mnist puts its files)", MODEL)
     val_size: int = option(None, "fashion_mnist, mnist: training images held out for "
@@ -388,6 +393,8 @@ def _flag_kwargs(spec, default):
     else:
         kwargs["type"] = _flag_type(spec)
         for key in ("choices", "metavar", "nargs", "const"):
+            if key == "choices" and not meta["parser_choices"]:
+                continue
             value = _resolve(meta[key])
             if value is not None:
                 kwargs[key] = value
