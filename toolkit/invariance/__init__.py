@@ -3,7 +3,7 @@
 InvConv2d / InvLinear replace Conv2d(+BN) / Linear; the math runs in the C++/CUDA ops of
 toolkit._C (torch.ops.invariance).  See docs/invariance-layer.md.
 
-`toolkit.invariance.options` (argument checks, check_layer_options) is pure Python and
+`toolkit.invariance.options` (argument checks, LayerOptions) is pure Python and
 imports without the compiled extension, so that a run configuration can be checked
 anywhere; everything else loads toolkit._C on first use and fails there with the command
 that builds it.
