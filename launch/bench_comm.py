@@ -28,6 +28,8 @@ from experiments.bench.comm import (CONTENDERS, check_comm_cpu, format_rate, rat
 from experiments.emulation.procs import run_in_group
 from experiments.provenance import provenance, start
 from toolkit import config
+from experiments.bench import sanity
+from experiments.bench.comm import add_compute_option, check_compute_option
 from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +109,7 @@ def run_job(net, args, transport, strategies, out_dir, *, probe=0, sizes=False, 
                            "--rounds", rounds or args.rounds, "--block-steps", args.block_steps,
                            "--period", args.period, "--delay", args.delay,
                            "--threads", args.threads, "--probe-allreduce", probe,
-                           "--device", args.device,
+                           "--device", args.device, "--compute", args.compute,
                            *(["--probe-sizes"] if probe and sizes else []),
                            *(["--comm-cpu", args.comm_cpu] if args.comm_cpu is not None
                              else []))
@@ -156,6 +158,9 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)
+    check_compute_option(p, args)
+    if not args.allow_loaded:
+        sanity.check({}, load_start=started["load"][0], cores=os.cpu_count())
     from experiments.bench.device import check_device
     check_device(args.device)
     if args.rate is not None:
@@ -227,6 +232,7 @@ def main(argv=None):
             entry["round_step_s"] = result["round_step_s"]
             entry["per_round_ratios"] = spread = round_ratio_spread(result["round_step_s"])
             report["by_transport"][transport] = entry
+            sanity.check(result["round_step_s"], entry["hidden_fraction"])
             hidden = entry["hidden_fraction"]
             say(f"{transport}: dasgd/none {entry['dasgd_over_none']:.3f}  sync/none "
                 f"{entry['sync_over_none']:.3f}  local/none {entry['local_over_none']:.3f}  "
@@ -270,6 +276,11 @@ def parser():
     config.add_run_options(p, RUN_OPTIONS,
                            defaults={"model": "resnet18_cifar", "image_size": 32, "threads": 1},
                            notes={"period": "for local and dasgd"})
+    add_compute_option(p)
+    p.add_argument("--allow-loaded", action="store_true",
+                   help="measure even when other work loads the machine beyond its cores "
+                        "(the results are then marked loaded); without it the benchmark "
+                        "refuses to start (exit 3)")
     p.add_argument("--rounds", type=int, default=4,
                    help="turns every strategy takes (the order rotates each round)")
     p.add_argument("--block-steps", type=int, default=4,
@@ -292,4 +303,8 @@ def parser():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except sanity.BenchmarkInsane as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(sanity.BENCH_INSANE)

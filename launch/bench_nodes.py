@@ -31,6 +31,8 @@ from experiments.emulation.packages import ensure_programs
 from experiments.emulation.ssh import NodeSsh
 from experiments.provenance import provenance, start
 from toolkit import config
+from experiments.bench import sanity
+from experiments.bench.comm import add_compute_option, check_compute_option
 from toolkit.mpi_policy import python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +98,8 @@ def measure(nodes, args, p, sizes, out_dir):
                                   "--out", steps_json, "--model", args.model,
                                   "--batch-size", args.batch_size, "--rounds", args.rounds,
                                   "--block-steps", args.block_steps, "--period", args.period,
-                                  "--delay", args.delay, "--threads", 1),
+                                  "--delay", args.delay, "--threads", 1,
+                                  "--compute", args.compute),
                  env, args.job_timeout, "strategies")
     with open(ar_json) as f:
         allreduce = json.load(f)
@@ -123,6 +126,9 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)
+    check_compute_option(p, args)
+    if not args.allow_loaded:
+        sanity.check({}, load_start=started["load"][0], cores=os.cpu_count())
     try:
         check_rate(args.rate)
         workers = sorted({int(w) for w in args.workers.split(",")})
@@ -148,6 +154,7 @@ def _run(args, workers, extra, out_dir, say, command, argv=None, started=None):
             allreduce, steps = measure(nodes, args, p, sizes, out_dir)
             at_model = next(pt["seconds"] for pt in allreduce["allreduce"]
                             if pt["bytes"] == model_bytes)
+            sanity.check(steps["round_step_s"])
             measured[p] = {"hosts": allreduce["hosts"], "allreduce": allreduce["allreduce"],
                            "allreduce_s": at_model, "step_s": steps["step_s"],
                            "dasgd_delay": steps.get("dasgd_delay"),
@@ -213,6 +220,11 @@ def parser():
                    help="allreduce message sizes in bytes (the model's size is added)")
     p.add_argument("--repeats", type=int, default=5, help="timed allreduces per size")
     config.add_run_options(p, RUN_OPTIONS, defaults={"model": "resnet20"})
+    add_compute_option(p)
+    p.add_argument("--allow-loaded", action="store_true",
+                   help="measure even when other work loads the machine beyond its cores "
+                        "(the results are then marked loaded); without it the benchmark "
+                        "refuses to start (exit 3)")
     p.add_argument("--rounds", type=int, default=4, help="turns of every strategy")
     p.add_argument("--block-steps", type=int, default=4, help="steps per turn")
     p.add_argument("--cycle-time-ms", type=float, default=5.0, help="HOROVOD_CYCLE_TIME")
@@ -222,4 +234,8 @@ def parser():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except sanity.BenchmarkInsane as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(sanity.BENCH_INSANE)

@@ -13,22 +13,25 @@ from tests.mpi_util import py, run_ranks
 pytestmark = pytest.mark.mpi
 
 
-def _job(tmp_path_factory, np, launcher="mpirun"):
+def _job(tmp_path_factory, np, launcher="mpirun", env=None):
     out = tmp_path_factory.mktemp(f"dasgd_np{np}_{launcher}")
     # TOOLKIT_COMM_NICE: also check that init_horovod() renices Horovod's threads.
     run_ranks(np, py("dasgd_props.py", out), launcher=launcher, timeout=240,
-              env={"TOOLKIT_COMM_NICE": "19"})
+              env={"TOOLKIT_COMM_NICE": "19", **(env or {})})
     ranks = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(np)]
     assert all(r["size"] == np for r in ranks)
     return ranks
 
 
-@pytest.fixture(scope="module", params=[(2, "mpirun"), (3, "mpirun"),
-                                        (2, "horovodrun-gloo")],
-                ids=["np2-mpirun", "np3-mpirun", "np2-gloo"])
+# np2-device: gradients from the step benchmarks' device-time surrogate (a sleeping
+# backward that hands each layer its gradients through autograd, firing sync's hooks).
+@pytest.fixture(scope="module", params=[(2, "mpirun", None), (3, "mpirun", None),
+                                        (2, "horovodrun-gloo", None),
+                                        (2, "mpirun", {"DEVICE_TIME_MS": "2"})],
+                ids=["np2-mpirun", "np3-mpirun", "np2-gloo", "np2-device"])
 def ranks(request, tmp_path_factory):
-    np, launcher = request.param
-    return _job(tmp_path_factory, np, launcher)
+    np, launcher, env = request.param
+    return _job(tmp_path_factory, np, launcher, env)
 
 
 def test_merge_keeps_mean_and_shrinks_spread(ranks):

@@ -20,7 +20,7 @@ def test_bench_comm_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "launch.bench_comm", "--json", str(out), "--model", "small_cnn",
          "--image-size", "8", "--batch-size", "4", "--rounds", "2", "--block-steps", "3",
-         "--rate", "200mbit", "--transports", "mpi"],
+         "--rate", "200mbit", "--transports", "mpi", "--allow-loaded"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from experiments.bench.device_time import device_time_forward, parse_compute
 from experiments.bench.peers import PEER_NAMES
 from toolkit import config
 from toolkit.strategies import STRATEGY_NAMES
@@ -224,6 +225,10 @@ class _Contender:
                                  image_size=args.image_size, norm="bn").to(args.device)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                     weight_decay=5e-4)
+        # --compute device:MS: the forward/backward sleeps on an emulated GPU (before DDP
+        # wraps the model, so that DDP runs the surrogate too).
+        self.device_time = device_time_forward(self.model, args.compute_s) \
+            if args.compute_s is not None else None
         if name in PEER_NAMES:
             self.strategy = TorchPeer(name, self.model, optimizer, args.period)
             self.forward = self.strategy.module
@@ -240,7 +245,8 @@ class _Contender:
         _finish_gpu_work(x)
         start = time.perf_counter()
         self.strategy.optimizer.zero_grad()
-        loss_fn(self.forward(x), y).backward()
+        out = self.forward(x)
+        (out if self.device_time else loss_fn(out, y)).backward()
         self.strategy.step()
         _finish_gpu_work(x)
         if timed:
@@ -303,6 +309,7 @@ def run_worker(args):
         if args.probe_allreduce and args.probe_sizes else None
     if hvd.rank() == 0:
         result = {"model": args.model, "ranks": hvd.size(), "batch_per_rank": args.batch_size,
+                  "compute": args.compute,
                   "rounds": args.rounds, "block_steps": args.block_steps,
                   "timed_steps_per_strategy": len(contenders[0].times),
                   "period": args.period, "delay": args.delay,
@@ -354,6 +361,7 @@ def worker_parser():
     p.add_argument("--block-steps", type=int, default=4,
                    help="steps per turn (the first one untimed)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda: this local rank's GPU")
+    add_compute_option(p)
     p.add_argument("--comm-cpu", type=int, default=None,
                    help="pin the threads hvd.init() started to this CPU and compute to the "
                         "others (emulates a core to spare for communication)")
@@ -365,10 +373,27 @@ def worker_parser():
     return p
 
 
+def add_compute_option(p):
+    p.add_argument("--compute", default="real", metavar="real|device:STEP_MS",
+                   help="real: the model's forward/backward on this CPU; device:STEP_MS: each "
+                        "step's forward/backward costs STEP_MS of emulated GPU time without "
+                        "using the CPU, gradients fired layer by layer "
+                        "(experiments/bench/device_time.py)")
+
+
+def check_compute_option(p, args):
+    """args.compute_s: None for real compute, else seconds of device time per step."""
+    try:
+        args.compute_s = parse_compute(args.compute)
+    except ValueError as exc:
+        p.error(str(exc))
+
+
 def parse_worker_args(argv=None):
     p = worker_parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, WORKER_RUN_OPTIONS)
+    check_compute_option(p, args)
     return args
 
 

@@ -25,10 +25,22 @@ def batch(rank, step, seed=0, n=8):
     return torch.randn(n, 1, 6, 6, generator=gen), torch.randint(0, 3, (n,), generator=gen)
 
 
+# DEVICE_TIME_MS set: gradients come from the device-time surrogate of the step benchmarks
+# (experiments/bench/device_time.py) instead of the model's real backward.
+DEVICE_TIME_MS = os.environ.get("DEVICE_TIME_MS")
+
+
 def train_step(model, strategy, rank, step, seed=0):
     x, y = batch(rank, step, seed)
     strategy.optimizer.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
+    if DEVICE_TIME_MS is not None:
+        if not hasattr(model, "device_time_installed"):
+            from experiments.bench.device_time import device_time_forward
+            device_time_forward(model, float(DEVICE_TIME_MS) / 1000)
+            model.device_time_installed = True
+        model(x).backward()
+    else:
+        nn.functional.cross_entropy(model(x), y).backward()
     strategy.step()
 
 
