@@ -8,8 +8,9 @@
              PyTorch counterpart of `local`
 
 Both run in the same job as the Horovod strategies, on the same ranks, over the same
-(emulated) link: torch.distributed's gloo process group connects over 127.0.0.1, i.e. the
-rate-limited loopback of the benchmark's namespace.
+(emulated) links: on one host torch.distributed's gloo process group connects over
+127.0.0.1 (the rate-limited loopback of bench_comm's namespace); across hosts (emulated
+nodes) over the address rank 0's host name resolves to, i.e. the nodes' own links.
 """
 import os
 import socket
@@ -31,15 +32,30 @@ def _thread_ids():
         return set()
 
 
+def _rendezvous_address(hvd):
+    """Where rank 0 listens: loopback when every rank is on its host; otherwise the address
+    its host name resolves to (on emulated nodes, its own node's link), so that the peers'
+    traffic crosses the same per-node links as Horovod's."""
+    if hvd.local_size() == hvd.size():
+        return "127.0.0.1", _free_port()
+    name = socket.gethostname()
+    address = socket.gethostbyname(name)
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return address, s.getsockname()[1]
+
+
 def init_torch_distributed(hvd):
     """A gloo process group over the Horovod job's ranks; returns the ids of the threads it
     started (its communication threads, for the benchmark's CPU split)."""
     import torch.distributed as dist
     before = _thread_ids()
-    port = hvd.broadcast_object(_free_port() if hvd.rank() == 0 else None, root_rank=0,
-                                name="bench.ddp_port")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+    address, port = hvd.broadcast_object(_rendezvous_address(hvd) if hvd.rank() == 0 else None,
+                                         root_rank=0, name="bench.ddp_port")
+    if address == "127.0.0.1":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # Across hosts gloo takes the address the host name resolves to, like the rendezvous.
+    dist.init_process_group("gloo", init_method=f"tcp://{address}:{port}",
                             rank=hvd.rank(), world_size=hvd.size())
     return _thread_ids() - before
 
