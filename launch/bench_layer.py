@@ -11,6 +11,11 @@ Prints the step times and the ratios inv_over_bn (k = 1), inv_over_bn_k10 (targe
 inv_over_floor (k = 1 step over the measured floor, target <= 1.10) and ref_over_inv
 (target >= 2.0), and a per-layer table (forward, backward, share of statistics / inverse
 sqrt / conv / fold).  Only ratios measured within one run mean anything on a shared machine.
+
+Every step trains on a fresh random batch at lr 1e-3 (experiments/bench/layer.py says why),
+and each model's loss at its first and last timed step goes into the JSON: a loss that is
+not finite or grows more than 2x ends the benchmark with one line and exit 3 instead of a
+step time of a diverging model.
 """
 import argparse
 import copy
@@ -21,12 +26,15 @@ import sys
 
 import torch
 
+from experiments.bench.layer import LR, DivergedWhileTimed
 from experiments.provenance import provenance, start
 from toolkit import config
 
 TARGETS = {"inv_over_bn_k10": ("<=", 1.25), "inv_over_floor": ("<=", 1.10),
            "ref_over_inv": (">=", 2.0)}
 PERIOD = 10
+# Distinct random batches the timed steps cycle through (experiments/bench/layer.py: LR).
+BATCHES = 16
 
 
 # launch.train's options, as launch.train parses and checks them (this benchmark's defaults)
@@ -92,16 +100,17 @@ def main(argv=None):
         return cuda_main(args, device, argv, started)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from experiments.bench.layer import (floor_estimate, format_table, layer_table, make_batch,
-                                     step_times)
+    from experiments.bench.layer import (floor_estimate, format_table, layer_table,
+                                         make_batches, step_times)
 
     nets = build_models(args)
-    x, y = make_batch(args.batch_size, args.image_size, seed=args.seed)
+    batches = make_batches(BATCHES, args.batch_size, args.image_size, seed=args.seed)
+    x = batches[0][0]
     print(f"{args.model}, batch {args.batch_size}, {args.threads} threads, {args.steps} "
           f"interleaved rounds (median; k = {PERIOD}: the mean of one whole period per round)",
           flush=True)
-    medians, samples = step_times(nets, x, y, steps=args.steps, warmup=args.warmup,
-                                  periods={"inv_k10": PERIOD})
+    medians, samples, losses = step_times(nets, batches, steps=args.steps,
+                                          warmup=args.warmup, periods={"inv_k10": PERIOD})
     floor_rows, floor_s = floor_estimate(nets["inv"], x, medians["bn"])
     result = dict(model=args.model, batch=args.batch_size, threads=args.threads,
                   steps=args.steps,
@@ -113,6 +122,7 @@ def main(argv=None):
                   inv_over_floor=medians["inv"] / floor_s,
                   floor_inv_over_bn=floor_s / medians["bn"],
                   ref_over_inv=medians["ref"] / medians["inv"], samples_s=samples,
+                  loss_first_last=losses, lr=LR, fresh_batches=BATCHES,
                   floor_layers=floor_rows, torch=torch.__version__, host=platform.node(),
                   python=sys.version.split()[0])
     print(f"step (s): bn {medians['bn']:.3f}  inv {medians['inv']:.3f}  inv k={PERIOD} "
@@ -145,16 +155,17 @@ def write_result(path, result):
 def cuda_main(args, device, argv=None, started=None):
     """The step times and their ratios on a GPU (the floor and the per-layer table measure
     BLAS, LAPACK and the CPU profiler, so they stay CPU analyses)."""
-    from experiments.bench.layer import make_batch, step_times
+    from experiments.bench.layer import make_batches, step_times
     torch.manual_seed(args.seed)
     nets = {name: net.to(device) for name, net in build_models(args).items()}
-    x, y = (t.to(device)
-            for t in make_batch(args.batch_size, args.image_size, seed=args.seed))
+    batches = [(x.to(device), y.to(device)) for x, y in
+               make_batches(BATCHES, args.batch_size, args.image_size, seed=args.seed)]
     print(f"{args.model}, batch {args.batch_size}, {torch.cuda.get_device_name(device)}, "
           f"{args.steps} interleaved rounds (median, CUDA events)", flush=True)
-    medians, samples = step_times(nets, x, y, steps=args.steps, warmup=args.warmup,
-                                  periods={"inv_k10": PERIOD})
+    medians, samples, losses = step_times(nets, batches, steps=args.steps,
+                                          warmup=args.warmup, periods={"inv_k10": PERIOD})
     result = dict(model=args.model, batch=args.batch_size, steps=args.steps, device=str(device),
+                  loss_first_last=losses, lr=LR, fresh_batches=BATCHES,
                   gpu=torch.cuda.get_device_name(device), bn_step_s=medians["bn"],
                   inv_step_s=medians["inv"], inv_k10_step_s=medians["inv_k10"],
                   ref_step_s=medians["ref"], inv_over_bn=medians["inv"] / medians["bn"],
@@ -173,4 +184,8 @@ def cuda_main(args, device, argv=None, started=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DivergedWhileTimed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(3)

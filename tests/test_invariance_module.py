@@ -178,6 +178,9 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
                                                     saved["floor_inv_step_s"])
     # k = 10 is timed over whole periods: one sample per round, the mean of 10 steps
     assert len(saved["samples_s"]["inv_k10"]) == 1
+    # every timed model trained sanely: finite losses that did not run away
+    for first, last in saved["loss_first_last"].values():
+        assert 0 < first < 1e3 and 0 < last <= 2 * first
     assert saved["provenance"]["command"].startswith("python -m launch.bench_layer --json ")
     assert saved["layers"] and {"forward_ms", "backward_ms", "share_stats", "share_inv_sqrt",
                                 "share_conv"} <= set(saved["layers"][0])
@@ -186,6 +189,33 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
     assert all(v > 0 for r in saved["floor_layers"] for k, v in r.items() if k != "layer")
     assert 0 < saved["floor_inv_step_s"] and saved["floor_inv_over_bn"] == pytest.approx(
         saved["floor_inv_step_s"] / saved["bn_step_s"])
+
+
+def test_layer_benchmark_refuses_to_time_a_diverging_model():
+    from experiments.bench.layer import DivergedWhileTimed, make_batches, step_times
+
+    class RunsAway(nn.Module):
+        """Its loss grows with every call, whatever the optimizer does."""
+
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(10))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            wrong = torch.zeros(10)
+            wrong[1:] = 3.0 * self.calls
+            return (self.bias + wrong).expand(x.shape[0], 10)
+
+    batches = [(x, torch.zeros_like(y)) for x, y in make_batches(2, 4, image_size=4)]
+    with pytest.raises(DivergedWhileTimed, match="net does not train sanely while timed"):
+        step_times({"net": RunsAway()}, batches, steps=3, warmup=0)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
+    medians, _, losses = step_times({"net": net}, make_batches(2, 4, image_size=4), steps=3,
+                                    warmup=0)
+    assert medians["net"] > 0 and losses["net"][1] <= 2 * losses["net"][0]
 
 
 def _threads_in_fresh_process(env, code):

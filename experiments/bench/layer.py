@@ -8,6 +8,7 @@ layer_table(): every invariance layer of the network timed alone on the input sh
 in the network, with the shares of statistics / inverse square root / conv from a profile.
 """
 import copy
+import math
 import statistics
 import time
 
@@ -39,6 +40,11 @@ def make_batch(batch, image_size=32, classes=10, seed=0):
     return x, y
 
 
+def make_batches(count, batch, image_size=32, classes=10, seed=0):
+    """`count` different random batches: every step trains on a fresh one."""
+    return [make_batch(batch, image_size, classes, seed * 1000 + i) for i in range(count)]
+
+
 def train_step(model, optimizer, x, y):
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
@@ -47,28 +53,65 @@ def train_step(model, optimizer, x, y):
     return loss
 
 
-def step_times(models, x, y, steps=5, warmup=2, lr=0.1, periods=None):
-    """Median seconds per training step of each model; rounds interleave the models.
-    periods[name] = p: that model runs p consecutive steps per round (a whole stats_every
-    period) and its sample is their mean. On a GPU (x on CUDA) with CUDA events."""
+# The timed models must train sanely, or the benchmark times a diverging model: at lr 0.1
+# the invariance layer refreshing its statistics every 10th step runs away on the stale
+# steps (ResNet-18, random batches: loss ~2.4 at the first step, 30-80 by the ninth; 0.01
+# still more than doubles it). Fresh batches every step at lr 1e-3 keep every model's loss
+# within a few percent of its start; the arithmetic timed is the same at any lr.
+LR = 1e-3
+GROWTH_LIMIT = 2.0
+
+
+class DivergedWhileTimed(RuntimeError):
+    """A timed model's loss is not finite or grew more than GROWTH_LIMIT x: one line."""
+
+
+def check_losses(losses):
+    """losses[name] = (first timed step's loss, last timed step's loss)."""
+    for name, (first, last) in losses.items():
+        if not (math.isfinite(first) and math.isfinite(last)) or last > GROWTH_LIMIT * first:
+            raise DivergedWhileTimed(
+                f"benchmark model {name} does not train sanely while timed: loss {first:.3g} "
+                f"at the first timed step, {last:.3g} at the last (limit: finite and at most "
+                f"{GROWTH_LIMIT:g}x); its step time would not mean anything")
+
+
+def step_times(models, batches, steps=5, warmup=2, lr=LR, periods=None):
+    """Median seconds per training step of each model; rounds interleave the models, every
+    step trains on the next of `batches`. periods[name] = p: that model runs p consecutive
+    steps per round (a whole stats_every period) and its sample is their mean. On a GPU
+    (batches on CUDA) with CUDA events. Returns (medians, samples, losses): losses[name] =
+    (first, last timed step's loss); DivergedWhileTimed if a model did not train sanely."""
     from experiments.bench.device import timed
     periods = periods or {}
     opts = {name: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for name, m in
             models.items()}
+    position = dict.fromkeys(models, 0)
+    last_loss = {}
+
+    def one_step(name):
+        x, y = batches[position[name] % len(batches)]
+        position[name] += 1
+        last_loss[name] = train_step(models[name], opts[name], x, y)
+
     for name, model in models.items():
         model.train()
         for _ in range(warmup * periods.get(name, 1)):
-            train_step(model, opts[name], x, y)
+            one_step(name)
     times = {name: [] for name in models}
+    first = {}
     for _ in range(steps):
-        for name, model in models.items():
+        for name in models:
             p = periods.get(name, 1)
 
-            def period(model=model, name=name, p=p):
+            def period(name=name, p=p):
                 for _ in range(p):
-                    train_step(model, opts[name], x, y)
-            times[name].append(timed(period, x.device) / p)
-    return {name: statistics.median(t) for name, t in times.items()}, times
+                    one_step(name)
+                    first.setdefault(name, last_loss[name])
+            times[name].append(timed(period, batches[0][0].device) / p)
+    losses = {name: (float(first[name]), float(last_loss[name])) for name in models}
+    check_losses(losses)
+    return {name: statistics.median(t) for name, t in times.items()}, times, losses
 
 
 def past_warm_start(model):
