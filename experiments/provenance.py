@@ -22,7 +22,7 @@ import time
 from importlib import metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIELDS = ("command", "argv", "git_commit", "git_dirty", "cpu_model", "cores", "threads",
+FIELDS = ("command", "argv", "commit", "dirty", "cpu_model", "cores", "threads",
           "load_start", "load_end", "python", "torch", "horovod", "openmpi", "date_start",
           "date_end", "wall_s", "loaded")
 
@@ -101,7 +101,7 @@ def provenance(argv, started, *, threads=None, module=None):
     return {
         "command": " ".join([program, shlex.join(map(str, argv))]).strip(),
         "argv": [str(a) for a in argv],
-        "git_commit": commit, "git_dirty": dirty,
+        "commit": commit, "dirty": dirty,
         "cpu_model": cpu_model(), "cores": cores, "threads": threads,
         "load_start": load_start, "load_end": list(os.getloadavg()),
         "python": platform.python_version(), "torch": package_version("torch"),

@@ -12,7 +12,7 @@ def test_provenance_carries_every_field():
     assert set(info) == set(prov.FIELDS)
     assert info["command"] == "python -m launch.study claims --out 'runs/x y'"
     assert info["argv"] == ["claims", "--out", "runs/x y"]
-    assert len(info["git_commit"]) == 40 and isinstance(info["git_dirty"], bool)
+    assert len(info["commit"]) == 40 and isinstance(info["dirty"], bool)
     assert info["cores"] == os.cpu_count() and info["threads"] == 1
     assert info["cpu_model"]
     assert len(info["load_start"]) == 3 and len(info["load_end"]) == 3
