@@ -74,6 +74,7 @@ def plot_bands(panels, path, key="test_acc", title=None):
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(f"{key.replace('_acc', '')} accuracy (%), mean and 95 % CI")
+        ax.set_ylim(0, 100)  # an interval of few seeds reaches past what accuracy can be
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     if title:
