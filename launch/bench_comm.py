@@ -29,7 +29,7 @@ from experiments.emulation.procs import run_in_group
 from experiments.provenance import provenance, start
 from toolkit import config
 from experiments.bench import sanity
-from experiments.bench.comm import add_compute_option, check_compute_option
+from experiments.bench.comm import add_step_bench_options, check_step_bench_options
 from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,9 +158,7 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)
-    check_compute_option(p, args)
-    if not args.allow_loaded:
-        sanity.check({}, load_start=started["load"][0], cores=os.cpu_count())
+    check_step_bench_options(p, args, started)
     from experiments.bench.device import check_device
     check_device(args.device)
     if args.rate is not None:
@@ -276,11 +274,7 @@ def parser():
     config.add_run_options(p, RUN_OPTIONS,
                            defaults={"model": "resnet18_cifar", "image_size": 32, "threads": 1},
                            notes={"period": "for local and dasgd"})
-    add_compute_option(p)
-    p.add_argument("--allow-loaded", action="store_true",
-                   help="measure even when other work loads the machine beyond its cores "
-                        "(the results are then marked loaded); without it the benchmark "
-                        "refuses to start (exit 3)")
+    add_step_bench_options(p)
     p.add_argument("--rounds", type=int, default=4,
                    help="turns every strategy takes (the order rotates each round)")
     p.add_argument("--block-steps", type=int, default=4,

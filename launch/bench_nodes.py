@@ -32,7 +32,7 @@ from experiments.emulation.ssh import NodeSsh
 from experiments.provenance import provenance, start
 from toolkit import config
 from experiments.bench import sanity
-from experiments.bench.comm import add_compute_option, check_compute_option
+from experiments.bench.comm import add_step_bench_options, check_step_bench_options
 from toolkit.mpi_policy import python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,9 +126,7 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)
-    check_compute_option(p, args)
-    if not args.allow_loaded:
-        sanity.check({}, load_start=started["load"][0], cores=os.cpu_count())
+    check_step_bench_options(p, args, started)
     try:
         check_rate(args.rate)
         workers = sorted({int(w) for w in args.workers.split(",")})
@@ -220,11 +218,7 @@ def parser():
                    help="allreduce message sizes in bytes (the model's size is added)")
     p.add_argument("--repeats", type=int, default=5, help="timed allreduces per size")
     config.add_run_options(p, RUN_OPTIONS, defaults={"model": "resnet20"})
-    add_compute_option(p)
-    p.add_argument("--allow-loaded", action="store_true",
-                   help="measure even when other work loads the machine beyond its cores "
-                        "(the results are then marked loaded); without it the benchmark "
-                        "refuses to start (exit 3)")
+    add_step_bench_options(p)
     p.add_argument("--rounds", type=int, default=4, help="turns of every strategy")
     p.add_argument("--block-steps", type=int, default=4, help="steps per turn")
     p.add_argument("--cycle-time-ms", type=float, default=5.0, help="HOROVOD_CYCLE_TIME")

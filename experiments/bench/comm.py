@@ -389,6 +389,24 @@ def check_compute_option(p, args):
         p.error(str(exc))
 
 
+def add_step_bench_options(p):
+    """The options launch.bench_comm and launch.bench_nodes share beyond training's."""
+    add_compute_option(p)
+    p.add_argument("--allow-loaded", action="store_true",
+                   help="measure even when other work loads the machine beyond its cores "
+                        "(the results are then marked loaded); without it the benchmark "
+                        "refuses to start (exit 3)")
+
+
+def check_step_bench_options(p, args, started):
+    """--compute parsed; a machine loaded by other work at `started` stops the benchmark
+    (experiments.bench.sanity.BenchmarkInsane) unless --allow-loaded."""
+    from experiments.bench import sanity
+    check_compute_option(p, args)
+    if not args.allow_loaded:
+        sanity.check({}, load_start=started["load"][0], cores=os.cpu_count())
+
+
 def parse_worker_args(argv=None):
     p = worker_parser()
     args = p.parse_args(argv)
