@@ -9,7 +9,7 @@ MPI_POLICY = eval "$$($(PY) -m toolkit.mpi_policy env $(if $(1),--ntasks $(1)))"
 NP ?= 2
 RUN_ARGS ?=
 
-.PHONY: install run test test-multinode bench clean cuda-build
+.PHONY: install run test test-multinode test-load bench clean cuda-build
 install:
 	@bash scripts/install.sh
 
@@ -23,6 +23,14 @@ test: install
 # minutes, so not part of `test`, which skips them): docs/multinode.md.
 test-multinode: install
 	$(call MPI_POLICY,) && $(PY) -m pytest -q -m multinode tests/test_multinode.py
+
+# Every fault test file under a background load of 2 busy processes per core (root for the
+# disk and SLURM cases; most of an hour on 2 cores, so `test` runs only the signal cases and
+# one rank failure under load): docs/faults.md, "Under load".
+FAULT_TESTS = tests/test_faults_disk.py tests/test_faults_ranks.py tests/test_faults_signals.py \
+	tests/test_slurm.py tests/test_train_faults.py tests/test_dasgd_resume_stall.py
+test-load: install
+	$(call MPI_POLICY,) && $(PY) -m pytest -q --load 2 $(FAULT_TESTS)
 
 bench: install
 	$(PY) -m launch.bench_layer --json runs/bench_layer.json

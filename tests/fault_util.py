@@ -81,6 +81,18 @@ def wait_for(predicate, timeout, interval=0.3):
     return False
 
 
+def training(job, out, timeout=120):
+    """Wait until the job has written a checkpoint (its ranks are past the start-up and
+    train). A job that ended first fails the test with its output, so that the cause is
+    seen, not only that no rank was left to inject the fault into."""
+    assert wait_for(lambda: checkpoints(out) or job.poll() is not None, timeout), \
+        f"no checkpoint within {timeout} s"
+    if job.poll() is not None:
+        stdout, stderr = job.communicate()
+        raise AssertionError(f"the job ended (exit {job.returncode}) before the fault was "
+                             f"injected:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+
+
 def checkpoints(out):
     return sorted((out / "checkpoints").glob("ckpt-*.pt")) if (out / "checkpoints").is_dir() \
         else []

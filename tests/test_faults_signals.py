@@ -12,18 +12,12 @@ import time
 import pytest
 
 from tests.fault_util import (LONG, Seen, assert_intact, assert_no_traceback, checkpoints,
-                              error_lines, finish, no_temporary_files, start, wait_for)
+                              error_lines, finish, no_temporary_files, start, training, wait_for)
 
-pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+# `load`: `make test` runs these under a background load (docs/faults.md, Under load).
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.load]
 
 STOPPED = re.compile(r"stopped by (.+) at step (\d+): checkpoint (\S+);")
-
-
-def training(job, out, timeout=120):
-    """Wait until the job has written a checkpoint (its ranks are past the start-up)."""
-    assert wait_for(lambda: checkpoints(out) or job.poll() is not None, timeout), \
-        "no checkpoint within the time limit"
-    assert job.poll() is None, job.communicate()[1][-3000:]
 
 
 # What rank 0 reports: its own reason, or the one the vote carried from a quicker rank.
