@@ -72,6 +72,33 @@ def descendants(job):
         return []
 
 
+class Lines:
+    """A running process's stdout and stderr read as they arrive (so a test can watch the
+    ranks' own progress lines while the job runs), each line with the time it came."""
+
+    def __init__(self, proc):
+        self.proc, self.lines, self._lock = proc, [], threading.Lock()
+        self._threads = [threading.Thread(target=self._read, args=(stream, name), daemon=True)
+                         for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
+        for thread in self._threads:
+            thread.start()
+
+    def _read(self, stream, name):
+        for line in iter(stream.readline, ""):
+            with self._lock:
+                self.lines.append((time.time(), name, line))
+
+    def text(self, name=None):
+        with self._lock:
+            return "".join(line for _, n, line in self.lines if name in (None, n))
+
+    def close(self, timeout=10):
+        """Wait for both streams to end (the job and everything holding them is gone)."""
+        for thread in self._threads:
+            thread.join(timeout)
+        return self.text("stdout"), self.text("stderr")
+
+
 def wait_for(predicate, timeout, interval=0.3):
     deadline = time.time() + timeout
     while time.time() < deadline:
