@@ -29,7 +29,8 @@ from experiments.emulation.procs import run_in_group
 from experiments.provenance import provenance, start
 from toolkit import config
 from experiments.bench import sanity
-from experiments.bench.comm import add_step_bench_options, check_step_bench_options
+from experiments.bench.comm import (add_step_bench_options, check_step_bench_options,
+                                    refuse_a_loaded_machine)
 from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,7 +159,7 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)
-    check_step_bench_options(p, args, started)
+    check_step_bench_options(p, args)
     from experiments.bench.device import check_device
     check_device(args.device)
     if args.rate is not None:
@@ -186,6 +187,7 @@ def main(argv=None):
     for label, value in (("--rounds", args.rounds), ("--block-steps", args.block_steps - 1)):
         if value < 1:
             raise SystemExit(f"error: {label} is too small (rounds >= 1, block steps >= 2)")
+    refuse_a_loaded_machine(args, started)
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     out_dir = tempfile.mkdtemp(prefix="bench_comm_")

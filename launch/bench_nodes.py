@@ -32,7 +32,8 @@ from experiments.emulation.ssh import NodeSsh
 from experiments.provenance import provenance, start
 from toolkit import config
 from experiments.bench import sanity
-from experiments.bench.comm import add_step_bench_options, check_step_bench_options
+from experiments.bench.comm import (add_step_bench_options, check_step_bench_options,
+                                    refuse_a_loaded_machine)
 from toolkit.mpi_policy import python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +127,7 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)
-    check_step_bench_options(p, args, started)
+    check_step_bench_options(p, args)
     try:
         check_rate(args.rate)
         workers = sorted({int(w) for w in args.workers.split(",")})
@@ -136,6 +137,7 @@ def main(argv=None):
     if workers[0] != 2 or len(workers) < 2:
         fail(f"--workers must start at 2 (the calibration) and hold at least one larger "
              f"count, got {args.workers}")
+    refuse_a_loaded_machine(args, started)
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(f"bench_nodes: stopped by signal {s}"))
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     command = "python -m launch.bench_nodes " + " ".join(sys.argv[1:] if argv is None else argv)

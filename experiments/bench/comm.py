@@ -398,11 +398,15 @@ def add_step_bench_options(p):
                         "refuses to start (exit 3)")
 
 
-def check_step_bench_options(p, args, started):
-    """--compute parsed; a machine loaded by other work at `started` stops the benchmark
-    (experiments.bench.sanity.BenchmarkInsane) unless --allow-loaded."""
-    from experiments.bench import sanity
+def check_step_bench_options(p, args):
+    """--compute parsed (bad input: one line, exit 2)."""
     check_compute_option(p, args)
+
+
+def refuse_a_loaded_machine(args, started):
+    """Once the input is checked: a machine loaded by other work at `started` stops the
+    benchmark (experiments.bench.sanity.BenchmarkInsane) unless --allow-loaded."""
+    from experiments.bench import sanity
     if not args.allow_loaded:
         sanity.check({}, load_start=started["load"][0], cores=os.cpu_count())
 
