@@ -210,7 +210,7 @@ def write_all(out, fams, rows, seeds, scale, provenance, failed=()):
     runs_wall = sum(r["run_s"] or r["wall_s"] or 0 for r in rows.values())
     p = provenance
     lines = ["# Claims study", "",
-             f"`{p['command']}` at commit {(p['commit'] or '?')[:12]}"
+             f"`{p['command']}`, commit {(p['commit'] or '?')[:12]}"
              f"{' (uncommitted changes)' if p['dirty'] else ''}; {p['cpu_model']}, "
              f"{p['cores']} cores, {p['threads']} thread per process; load average "
              f"{p['load_start'][0]:.1f} at start{' (loaded machine)' if p['loaded'] else ''}; "
