@@ -1,7 +1,6 @@
 """Running a real training job, injecting a fault and checking how it ended (tests/test_faults_*)."""
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -66,8 +65,11 @@ def rank_pids(job):
 
 
 def descendants(job):
+    """psutil.Process objects of every process below the job. Each remembers its start
+    time: a pid that a later process reuses (pid_max is 32768 on small machines) is not
+    taken for it."""
     try:
-        return [p.pid for p in psutil.Process(job.pid).children(recursive=True)]
+        return psutil.Process(job.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
 
@@ -125,9 +127,11 @@ def checkpoints(out):
         else []
 
 
-def alive(pid):
+def alive(proc):
+    """The process (a psutil.Process) still runs: the same one, not a later process that
+    reuses its pid, and not a zombie."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
@@ -138,14 +142,14 @@ class Seen:
     a test could list them."""
 
     def __init__(self, job, interval=0.2):
-        self.job, self.pids, self._stop = job, set(), threading.Event()
+        self.job, self.procs, self._stop = job, set(), threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
         self._thread.start()
 
     def _sample(self, interval):
         while not self._stop.is_set():
-            self.pids.update(descendants(self.job))
-            if self.job.poll() is not None and not any(alive(p) for p in self.pids):
+            self.procs.update(descendants(self.job))  # psutil.Process: equal by pid and start
+            if self.job.poll() is not None and not any(alive(p) for p in self.procs):
                 return
             self._stop.wait(interval)
 
@@ -153,9 +157,10 @@ class Seen:
         return rank_pids(self.job)
 
     def stop(self):
+        """Every process seen (psutil.Process objects)."""
         self._stop.set()
         self._thread.join()
-        return self.pids
+        return list(self.procs)
 
 
 def finish(job, seen, timeout=60):
@@ -167,21 +172,21 @@ def finish(job, seen, timeout=60):
         stdout, stderr = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stdout = stderr = ""
-    pids = seen.stop()
-    wait_for(lambda: not any(alive(pid) for pid in pids),
+    procs = seen.stop()
+    wait_for(lambda: not any(alive(p) for p in procs),
              max(0.1, timeout - (time.time() - start_t)), interval=0.1)
-    left = [pid for pid in pids if alive(pid)]
-    if job.poll() is None:
-        left.append(job.pid)
-    for pid in left:
+    left = [p for p in procs if alive(p)]
+    for proc in left:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.kill()  # psutil refuses a pid that another process now has
+        except psutil.NoSuchProcess:
             pass
     if job.poll() is None:
+        left.append(job)
         job.kill()
         stdout, stderr = job.communicate()
-    assert not left, f"still running {timeout} s after the fault: pids {left}\n{stderr[-3000:]}"
+    assert not left, (f"still running {timeout} s after the fault: pids "
+                      f"{[p.pid for p in left]}\n{stderr[-3000:]}")
     return stdout, stderr, time.time() - start_t
 
 
