@@ -44,8 +44,9 @@ CASES = [
          "gone within 60 s"),
     Case("sync-stall", "rank 1 of a `--strategy sync` job frozen (SIGSTOP), "
          "TOOLKIT_COMM_TIMEOUT_S=5", "mpirun -np 2", "4",
-         "`error: collective 'sync.gradients' stalled at step N: ...` naming the step; every "
-         "rank gone"),
+         "`error: collective 'sync.gradients' stalled at step N: ...`, naming the collective "
+         "the other rank waited on (the stop vote or an evaluation sum where the freeze lands "
+         "between steps) and the step; every rank gone within 60 s"),
     Case("term-horovodrun", "SIGTERM to horovodrun", "horovodrun -np 2", "killed by the signal",
          "ranks stop at one step (`stopped by the exit of horovodrun ...`), one checkpoint of "
          "that step, every process gone"),

@@ -4,6 +4,7 @@ Real 2-rank jobs: a corrupt image read by rank 1 only (under horovodrun, the mai
 launcher), and a rank frozen in the middle of `--strategy sync` (a stalled collective).
 """
 import os
+import re
 import signal
 
 import pytest
@@ -75,8 +76,25 @@ def test_frozen_rank_under_sync_ends_with_exit_4(tmp_path, case):
             job.kill()
     assert job.returncode == 4, stderr[-3000:]
     lines = error_lines(stderr)
-    # The stop lands in whichever of sync's collectives is next: a step's gradients or the
-    # epoch end's model synchronisation.
-    assert len(lines) == 1 and "collective 'sync." in lines[0], stderr[-3000:]
+    # The stop lands in whichever collective is next: a step's gradients, the epoch end's
+    # model synchronisation, the stop vote or an evaluation sum; each has the deadline.
+    assert len(lines) == 1 and re.match(r"error: (rank \d+: )?collective '[\w.]+' stalled",
+                                        lines[0]), stderr[-3000:]
     assert "stalled at step" in lines[0], lines[0]
     assert_no_traceback(stdout, stderr)
+
+
+@pytest.mark.parametrize("which,line", [
+    ("vote", "collective 'train.stopvote' stalled at step 7: rank 0 waited"),
+    ("sum", "collective 'eval.totals' stalled: rank 0 waited")])
+def test_blocking_collectives_outside_the_step_have_the_deadline(which, line):
+    """A rank frozen between steps leaves its peer in the stop vote or an evaluation sum,
+    not in the gradients: those waits end at the job's deadline too (exit 4 in a run),
+    not at Horovod's own shutdown, 30 s later."""
+    from tests.mpi_util import py, run_ranks
+    # check=False: the ranks leave with os._exit, without MPI's finalize (as a failed run does)
+    out = run_ranks(2, py("blocking_stall.py", which), timeout=120, check=False,
+                    env={"TOOLKIT_COMM_TIMEOUT_S": "3"}).stdout
+    assert line in out, out
+    waited = float(re.search(r"after ([\d.]+) s", out).group(1))
+    assert waited < 3 + 20, out  # Horovod's backstop would be 3 + 30 s

@@ -82,10 +82,11 @@ class StopVote:
 
     def __init__(self):
         self.handle = None
+        self.step = None  # the step whose vote is in flight (named if it stalls)
         self.stop = False
         self.remote_reason = None  # why, as far as a rank that saw nothing can tell
 
-    def decide(self, flag):
+    def decide(self, flag, step=None):
         """Submit this step's flag; True once any rank raised it in an earlier step."""
         import horovod.torch as hvd
         import torch
@@ -94,20 +95,19 @@ class StopVote:
             by_program = bool(flag and _flag is not None and _flag.by_program)
             vote = [1.0 if flag and not by_program else 0.0, 1.0 if by_program else 0.0]
             self.handle = hvd.allreduce_async(torch.tensor(vote), op=hvd.Sum, name=self.NAME)
+            self.step = step
         return self.stop
 
     def drain(self):
         """Wait for the vote in flight (before other blocking collectives); the decision
         it carries is kept for the next decide()."""
-        import horovod.torch as hvd
-        from toolkit.strategies.watchdog import CommunicationError
+        from toolkit.strategies.watchdog import wait_with_deadline
         if self.handle is not None:
             handle, self.handle = self.handle, None
-            try:
-                signalled, by_program = hvd.synchronize(handle).tolist()
-            except Exception as exc:  # HorovodInternalError: a peer is gone
-                raise CommunicationError(f"collective {self.NAME!r} failed: "
-                                         f"{str(exc).strip().splitlines()[0]}") from exc
+            # A frozen peer that never submitted this vote ends the run after the job's
+            # deadline, like a stalled gradient (it may freeze between the two).
+            signalled, by_program = wait_with_deadline(handle, name=self.NAME,
+                                                       step=self.step).tolist()
             if not self.stop and (signalled or by_program):
                 self.stop = True
                 self.remote_reason = ("a signal on another rank" if signalled else

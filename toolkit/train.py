@@ -296,7 +296,7 @@ class Trainer:
                                comm_wait_s=self.strategy.comm_wait_s - comm_mark)
                 comm_mark = self.strategy.comm_wait_s
                 interval.reset()
-            if self.vote.decide(self.preempt.requested):
+            if self.vote.decide(self.preempt.requested, self.step):
                 self.stopped_by = self.preempt.signal_name or self.vote.remote_reason
                 break
             if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:

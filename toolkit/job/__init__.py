@@ -82,10 +82,13 @@ def init(strategy=None, delay=1):
                 local_size=hvd.local_size(), launcher=launcher)
 
 
-def allreduce_sum(tensor, name):
-    """Blocking sum over ranks (evaluation counts, epoch statistics)."""
+def allreduce_sum(tensor, name, step=None):
+    """Blocking sum over ranks (evaluation counts, epoch statistics), with the job's
+    communication deadline: a frozen peer ends the run with exit 4 naming `name`."""
     import horovod.torch as hvd
-    return hvd.allreduce(tensor, op=hvd.Sum, name=name)
+    from toolkit.strategies.watchdog import wait_with_deadline
+    handle = hvd.allreduce_async(tensor, op=hvd.Sum, name=name)
+    return wait_with_deadline(handle, name=name, step=step)
 
 
 def line_print(*args, sep=" ", file=None):

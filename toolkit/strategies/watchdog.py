@@ -28,8 +28,9 @@ def poll_until_done(handle, *, name, step, timeout_s, rank):
     while not hvd.poll(handle):
         waited = time.monotonic() - start
         if waited > timeout_s:
+            where = "" if step is None else f" at step {step}"
             raise CommunicationError(
-                f"collective {name!r} stalled at step {step}: rank {rank} waited "
+                f"collective {name!r} stalled{where}: rank {rank} waited "
                 f"{waited:.0f} s (> {COMM_TIMEOUT_ENV}={timeout_s:g}) for it; another rank "
                 f"submitted a different collective, skipped a step or died")
         time.sleep(pause)
@@ -44,5 +45,17 @@ def wait_handle(handle, *, name, step, timeout_s, rank):
     try:
         return hvd.synchronize(handle)
     except Exception as exc:  # HorovodInternalError: peer gone or Horovod shut down
-        raise CommunicationError(f"collective {name!r} failed at step {step} on rank {rank}: "
-                           f"{exc}".strip()) from exc
+        where = "" if step is None else f" at step {step}"
+        raise CommunicationError(f"collective {name!r} failed{where} on rank {rank}: "
+                                 f"{exc}".strip()) from exc
+
+
+def wait_with_deadline(handle, *, name, step=None):
+    """wait_handle() with this job's deadline (TOOLKIT_COMM_TIMEOUT_S), for the blocking
+    collectives outside the strategies (the stop vote, evaluation sums): a frozen peer must
+    end the run there as well, not leave it waiting for Horovod's own shutdown."""
+    import horovod.torch as hvd
+    from toolkit.job.startup import comm_timeout_s
+
+    return wait_handle(handle, name=name, step=step, timeout_s=comm_timeout_s(),
+                       rank=hvd.rank())
