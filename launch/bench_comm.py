@@ -29,8 +29,8 @@ from experiments.emulation.procs import run_in_group
 from experiments.provenance import provenance, start
 from toolkit import config
 from experiments.bench import sanity
-from experiments.bench.comm import (add_step_bench_options, check_step_bench_options,
-                                    refuse_a_loaded_machine)
+from experiments.bench.options import (add_step_bench_options, check_step_bench_options,
+                                       refuse_a_loaded_machine)
 from toolkit.mpi_policy import horovodrun_argv, launcher_env, mpirun_argv, python_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

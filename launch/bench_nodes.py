@@ -1,49 +1,53 @@
-"""Scaling across per-node links: allreduce and the strategies' steps on 2, 3, 4 emulated
-nodes of one rank each, and `launch.scaling project` (calibrated on 2 nodes) checked
-against them.
+"""DaSGD across nodes: the strategies and PyTorch's peers on 2 to 16 emulated nodes of one
+rank each, every node behind its own rate-limited link, with device-time compute; and the
+alpha-beta model calibrated on 2 nodes held against the larger counts.
 
-    python -m launch.bench_nodes --json docs/results/multinode_scaling.json [--rate 100mbit]
+    python -m launch.bench_nodes --json docs/results/nodes_device.json
 
 Needs root: creates emulated nodes (a network namespace, hostname, sshd and a tbf-limited
-link each, see docs/multinode.md), runs per worker count one job timing allreduces of
-several sizes and one job in which none, sync and dasgd take turns (experiments.bench.comm),
-with mpirun over ssh and TCP on the nodes' links, then deletes the nodes. Writes the JSON
-and a markdown table next to it (same name, .md): measurements, alpha and beta fitted to
-all points, and the projection's error at each worker count.
---model, --batch-size, --period and --delay (an integer or auto) are launch.train's options
-(same types, choices and checks), with this benchmark's defaults.
+link each, see docs/multinode.md), and per node count runs one job (mpirun over ssh, TCP on
+the nodes' links) in which the contenders take turns in interleaved rounds and which then
+times allreduces by size; deletes the nodes. Writes the JSON (one row per node count:
+medians, ratios to `none` with 95 % intervals, the model's errors, provenance), a markdown
+table (same name, .md; the command first) and a plot (.png).
+--model, --batch-size, --period (dasgd's H) and --delay are launch.train's options.
+
+Exit codes: 0 written; 2 bad input or an unwritable output; 3 a sanity check failed (a
+strategy faster than `none` beyond the noise, hidden above 1, a machine loaded by other
+work before the start without --allow-loaded): nothing is written; 4 a job failed.
 """
 import argparse
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 
-from experiments.bench.nodes import (compare, fit_all, fit_with_call_overhead, to_markdown,
-                                 within)
+from experiments.bench import nodes_report, sanity
+from experiments.bench.comm import CONTENDERS
+from experiments.bench.nodes_markdown import to_markdown
+from experiments.bench.options import (add_step_bench_options, check_delay_max,
+                                       check_step_bench_options, parse_periods,
+                                       refuse_a_loaded_machine)
 from experiments.emulation.jobs import (mpirun_nodes_argv, node_env, run_on_node,
-                                      write_hostfile)
+                                        write_hostfile)
 from experiments.emulation.network import NodeNetwork, check_rate, rate_bytes_per_s
 from experiments.emulation.packages import ensure_programs
 from experiments.emulation.ssh import NodeSsh
 from experiments.provenance import provenance, start
 from toolkit import config
-from experiments.bench import sanity
-from experiments.bench.comm import (add_step_bench_options, check_step_bench_options,
-                                    refuse_a_loaded_machine)
 from toolkit.mpi_policy import python_module
+from toolkit.outputs import write_atomic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATEGIES = ("none", "sync", "dasgd")
 # launch.train's options, as launch.train parses and checks them (this benchmark's defaults)
 RUN_OPTIONS = ("model", "batch_size", "period", "delay")
-# The projection models a ring allreduce; Open MPI would pick other algorithms by size and
-# rank count (recursive doubling, Rabenseifner), so the ring is forced for the check.
+# The model is of a ring allreduce; Open MPI would pick other algorithms by size and rank
+# count (recursive doubling, Rabenseifner), so the ring is forced.
 RING = {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
         "OMPI_MCA_coll_tuned_allreduce_algorithm": "4"}
+# ResNet-20 at batch 32 on a V100/A100: docs/multinode.md says where 10 ms comes from.
+DEVICE_STEP = "device:10"
 
 
 def fail(message, code=2):
@@ -88,144 +92,134 @@ class Nodes:
             fail(f"{tag} job on {p} nodes failed (exit {proc.returncode}): {detail}", 4)
 
 
-def measure(nodes, args, p, sizes, out_dir):
+def measure(nodes, args, p, out_dir):
+    """One job on p nodes: the contenders' rounds, then allreduces by size; its result."""
     env = node_env(nodes.ssh, {**RING, "HOROVOD_CYCLE_TIME": f"{args.cycle_time_ms:g}"})
-    ar_json = os.path.join(out_dir, f"allreduce-{p}.json")
-    nodes.mpirun(p, python_module("experiments.bench.nodes", "--sizes", ",".join(map(str, sizes)),
-                                  "--repeats", args.repeats, "--out", ar_json),
-                 env, args.job_timeout, "allreduce")
-    steps_json = os.path.join(out_dir, f"steps-{p}.json")
-    nodes.mpirun(p, python_module("experiments.bench.comm", "--strategies", ",".join(STRATEGIES),
-                                  "--out", steps_json, "--model", args.model,
-                                  "--batch-size", args.batch_size, "--rounds", args.rounds,
-                                  "--block-steps", args.block_steps, "--period", args.period,
-                                  "--delay", args.delay, "--threads", 1,
-                                  "--compute", args.compute),
-                 env, args.job_timeout, "strategies")
-    with open(ar_json) as f:
-        allreduce = json.load(f)
-    with open(steps_json) as f:
-        steps = json.load(f)
-    return allreduce, steps
-
-
-def project(bench_json, workers, delay, prefix):
-    """launch.scaling project on the 2-node measurement at the measured dasgd delay (not
-    the delay it would choose per worker count; with --delay auto, as auto chooses it at each
-    worker count, as the measured jobs did); its JSON (model and rows)."""
-    cmd = python_module("launch.scaling", "project", "--bench", bench_json, "--workers",
-                        ",".join(map(str, workers)), "--delay", delay, "--out", prefix)
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        fail(f"launch.scaling project failed: {proc.stderr.strip()}")
-    with open(prefix + ".json") as f:
+    out = os.path.join(out_dir, f"steps-{p}.json")
+    nodes.mpirun(p, python_module(
+        "experiments.bench.comm", "--strategies", ",".join(args.contenders), "--out", out,
+        "--model", args.model, "--batch-size", args.batch_size, "--rounds", args.rounds,
+        "--block-steps", args.block_steps, "--period", args.period, "--delay", args.delay,
+        "--threads", 1, "--compute", args.compute, "--periods", args.periods_text,
+        "--delay-max", args.delay_max, "--warmup-turn", "--probe-allreduce", args.repeats,
+        "--probe-bytes", args.sizes), env, args.job_timeout, "benchmark")
+    with open(out) as f:
         return json.load(f)
+
+
+def check_args(p, args):
+    """Every input checked before anything starts (one line, exit 2)."""
+    config.check_run_options(p, args, RUN_OPTIONS)
+    check_step_bench_options(p, args)
+    try:
+        check_rate(args.rate)
+        args.workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+        [int(s) for s in args.sizes.split(",") if s]
+        args.periods_text = args.periods
+        args.periods = parse_periods(args.periods, CONTENDERS)
+        check_delay_max(args.delay_max)
+    except ValueError as exc:
+        fail(str(exc))
+    if not args.workers or args.workers[0] != 2 or len(args.workers) < 2:
+        fail(f"--workers must start at 2 (the calibration) and hold at least one larger "
+             f"count, got {','.join(map(str, args.workers))}")
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = sorted(set(args.contenders) - set(CONTENDERS))
+    if unknown or not {"none", "sync", "dasgd"} <= set(args.contenders):
+        fail(f"--contenders must hold none, sync and dasgd and only {', '.join(CONTENDERS)}, "
+             f"got {','.join(args.contenders)}")
+    if args.rounds < 2 or args.block_steps < 2 or args.repeats < 1:
+        fail("--rounds >= 2 (an interval needs two), --block-steps >= 2 (the first step of a "
+             "turn is not timed), --repeats >= 1")
+    directory = os.path.dirname(os.path.abspath(args.json)) or "."
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        fail(f"--json {args.json}: directory {directory} does not exist or is not writable")
 
 
 def main(argv=None):
     started = start()
     p = parser()
     args = p.parse_args(argv)
-    config.check_run_options(p, args, RUN_OPTIONS)
-    check_step_bench_options(p, args)
-    try:
-        check_rate(args.rate)
-        workers = sorted({int(w) for w in args.workers.split(",")})
-        extra = [int(s) for s in args.sizes.split(",") if s]
-    except ValueError as exc:
-        fail(str(exc))
-    if workers[0] != 2 or len(workers) < 2:
-        fail(f"--workers must start at 2 (the calibration) and hold at least one larger "
-             f"count, got {args.workers}")
+    check_args(p, args)
     refuse_a_loaded_machine(args, started)
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(f"bench_nodes: stopped by signal {s}"))
-    say = lambda *a: print(*a, flush=True)  # noqa: E731
-    command = "python -m launch.bench_nodes " + " ".join(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="bench_nodes_out_") as out_dir:
-        return _run(args, workers, extra, out_dir, say, command, argv, started)
+        return _run(args, out_dir, argv, started)
 
 
-def _run(args, workers, extra, out_dir, say, command, argv=None, started=None):
-    measured, model_bytes = {}, average_bytes(args.model)
-    sizes = sorted(set(extra) | {model_bytes})
-    with Nodes(max(workers), args.rate) as nodes:
-        say(f"{max(workers)} emulated nodes, link {args.rate} each")
-        for p in workers:
-            allreduce, steps = measure(nodes, args, p, sizes, out_dir)
-            at_model = next(pt["seconds"] for pt in allreduce["allreduce"]
-                            if pt["bytes"] == model_bytes)
-            sanity.check(steps["round_step_s"])
-            measured[p] = {"hosts": allreduce["hosts"], "allreduce": allreduce["allreduce"],
-                           "allreduce_s": at_model, "step_s": steps["step_s"],
-                           "dasgd_delay": steps.get("dasgd_delay"),
-                           "round_step_s": steps["round_step_s"]}
-            say(f"{p} nodes: " + "  ".join(f"{s} {steps['step_s'][s]:.3f} s" for s in
-                                           STRATEGIES) + f"  allreduce {at_model:.3f} s")
-    # The 2-node measurement in the benchmark's JSON format, as a user would calibrate.
-    two = measured[2]
-    bench2 = os.path.join(out_dir, "bench_2_nodes.json")
-    with open(bench2, "w") as f:
-        json.dump({"model": args.model, "ranks": 2, "batch_per_rank": args.batch_size,
-                   "period": args.period, "delay": args.delay,
-                   "dasgd_delay": two["dasgd_delay"], "step_s": two["step_s"],
-                   "model_bytes": model_bytes, "allreduce": two["allreduce"]}, f)
-    projection = project(bench2, workers, args.delay, os.path.join(out_dir, "projection"))
-    checks = compare(projection["rows"], projection["model"]["compute_s"], measured,
-                     lambda p: measured[p]["step_s"]["none"])
-    points = [(pt["workers"], pt["bytes"], pt["seconds"])
-              for m in measured.values() for pt in m["allreduce"]]
-    report = {"command": command,
-              "rate": args.rate, "link_bytes_per_s": rate_bytes_per_s(args.rate),
-              "nodes_max": max(workers), "cores": os.cpu_count(), "model": args.model,
-              "model_bytes": model_bytes, "batch_per_rank": args.batch_size,
-              "period": args.period, "delay": args.delay,
-              "cycle_time_ms": args.cycle_time_ms, "sizes": sizes,
-              "measured": {str(p): m for p, m in measured.items()},
-              "projection_model": projection["model"],
-              "projection_assumptions": projection["assumptions"],
-              "fit_all": fit_all(points),
-              "fit_with_call_overhead": fit_with_call_overhead(points),
-              "checks": checks, "target": args.target}
-    report["within_target"] = within(checks, args.target)
-    report["provenance"] = provenance(argv, started or start(), threads=1,
-                                      module="launch.bench_nodes")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
-    md = os.path.splitext(args.json)[0] + ".md"
+def _run(args, out_dir, argv, started):
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+    results = {}
+    with Nodes(max(args.workers), args.rate) as nodes:
+        say(f"{max(args.workers)} emulated nodes, link {args.rate} each, compute "
+            f"{args.compute}")
+        for count in args.workers:
+            results[count] = result = measure(nodes, args, count, out_dir)
+            # Fail fast: a broken measurement at few nodes is not worth the larger counts.
+            nodes_report.check_sane(result)
+            say(f"{count} nodes: " + "  ".join(f"{n} {v:.4f} s" for n, v in
+                                               result["step_s"].items()) +
+                f"  (dasgd d={result.get('dasgd_delay')})")
+    report = build_report(args, results, argv, started)
+    base = os.path.splitext(args.json)[0]
+    report["plot"] = os.path.basename(base + ".png") \
+        if nodes_report.plot(report, base + ".png") else None
+    write_atomic(args.json, json.dumps(report, indent=1).encode(), "results JSON")
     text = to_markdown(report)
-    with open(md, "w") as f:
-        f.write(text)
+    write_atomic(base + ".md", text.encode(), "results table")
     say(text)
-    say(f"wrote {args.json} {md}")
+    say(f"wrote {args.json} {base}.md" + (f" {base}.png" if report["plot"] else ""))
     return report
 
 
-def average_bytes(model_name):
-    """Bytes of one model average as experiments.bench.comm counts them: float32 parameters
-    and floating buffers."""
-    from models import build_model
-    model = build_model(model_name, num_classes=10, in_channels=3, image_size=32, norm="bn")
-    return 4 * (sum(p.numel() for p in model.parameters())
-                + sum(b.numel() for b in model.buffers() if b.is_floating_point()))
+def build_report(args, results, argv, started):
+    cores = os.cpu_count()
+    first = results[args.workers[0]]
+    rows = [nodes_report.measured_row(p, results[p], cores) for p in args.workers]
+    report = {"command": "python -m launch.bench_nodes " + " ".join(
+                  sys.argv[1:] if argv is None else argv),
+              "rate": args.rate, "link_bytes_per_s": rate_bytes_per_s(args.rate),
+              "nodes_max": max(args.workers), "cores": cores, "model_name": args.model,
+              "model_bytes": first["model_bytes"], "batch_per_rank": args.batch_size,
+              "compute": args.compute, "contenders": args.contenders,
+              "periods": first.get("periods", {}), "delay": args.delay,
+              "delay_max": args.delay_max, "rounds": args.rounds,
+              "block_steps": args.block_steps, "cycle_time_ms": args.cycle_time_ms,
+              "interval": "95 % percentile bootstrap of the median of per-round ratios",
+              "rows": rows}
+    report["model"] = nodes_report.model_checks(rows, first["model_bytes"], args.period)
+    for row in rows:
+        row["targets"] = nodes_report.targets(row)
+    report["provenance"] = provenance(argv, started, threads=1, module="launch.bench_nodes")
+    return report
 
 
 def parser():
     p = argparse.ArgumentParser(prog="python -m launch.bench_nodes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", required=True, help="where to write the results (and .md)")
+    p.add_argument("--json", required=True, help="where to write the results (and .md, .png)")
     p.add_argument("--rate", default="100mbit", help="each node's link, tc syntax")
-    p.add_argument("--workers", default="2,3,4", help="node counts, one rank each; from 2")
+    p.add_argument("--workers", default="2,4,8,16", help="node counts, one rank each; from 2")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help="what takes turns: Horovod's strategies and PyTorch's peers (ddp, "
+                        "postlocal); none, sync and dasgd at least")
     p.add_argument("--sizes", default="65536,262144,1048576,4194304",
                    help="allreduce message sizes in bytes (the model's size is added)")
     p.add_argument("--repeats", type=int, default=5, help="timed allreduces per size")
-    config.add_run_options(p, RUN_OPTIONS, defaults={"model": "resnet20"})
+    config.add_run_options(p, RUN_OPTIONS, defaults={"model": "resnet20", "delay": "auto"},
+                           notes={"period": "dasgd's H here (--periods sets the others')"})
+    p.add_argument("--periods", default="local=4,postlocal=4",
+                   help="NAME=H,...: the averaging period of local and postlocal")
+    p.add_argument("--delay-max", type=int, default=32,
+                   help="the largest d --delay auto may choose (training's cap is 8; at 100 "
+                        "Mbit a ResNet-20 average lasts many device steps)")
     add_step_bench_options(p)
-    p.add_argument("--rounds", type=int, default=4, help="turns of every strategy")
-    p.add_argument("--block-steps", type=int, default=4, help="steps per turn")
+    p.set_defaults(compute=DEVICE_STEP)
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds of turns")
+    p.add_argument("--block-steps", type=int, default=8,
+                   help="steps per turn (the first untimed; dasgd adds its settling steps)")
     p.add_argument("--cycle-time-ms", type=float, default=5.0, help="HOROVOD_CYCLE_TIME")
-    p.add_argument("--target", type=float, default=0.10, help="allowed relative error")
-    p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")
+    p.add_argument("--job-timeout", type=float, default=3600, help="seconds per job")
     return p
 
 

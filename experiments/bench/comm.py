@@ -15,12 +15,16 @@ import argparse
 import json
 import os
 import re
+import socket
 import statistics
 import time
 
 import torch
 
-from experiments.bench.device_time import device_time_forward, parse_compute
+from experiments.bench.contenders import (Contender, finish_gpu_work, run_rounds,
+                                          window_median)
+from experiments.bench.options import (add_compute_option, check_compute_option,
+                                       check_delay_max, parse_periods)
 from experiments.bench.peers import PEER_NAMES
 from toolkit import config
 from toolkit.strategies import STRATEGY_NAMES
@@ -191,15 +195,9 @@ def probe_allreduce(hvd, numel, repeats, device="cpu"):
     for i in range(repeats):
         start = time.perf_counter()
         hvd.allreduce_(buf, op=hvd.Average, name="bench.probe")
-        _finish_gpu_work(buf)
+        finish_gpu_work(buf)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _finish_gpu_work(t):
-    """CUDA kernels run asynchronously: a time read before they finish is their launch's."""
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
 
 
 def probe_sizes(hvd, numel, fractions, repeats, device="cpu"):
@@ -211,47 +209,6 @@ def probe_sizes(hvd, numel, fractions, repeats, device="cpu"):
         points.append({"workers": hvd.size(), "bytes": 4 * n,
                        "seconds": probe_allreduce(hvd, n, repeats, device)})
     return points
-
-
-class _Contender:
-    """One strategy (or PyTorch peer) with its own model copy (same init), so that they can
-    take turns."""
-
-    def __init__(self, name, args, make_strategy, build_model):
-        from experiments.bench.peers import TorchPeer
-        torch.manual_seed(args.seed)
-        self.name = name
-        self.model = build_model(args.model, num_classes=10, in_channels=3,
-                                 image_size=args.image_size, norm="bn").to(args.device)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
-                                    weight_decay=5e-4)
-        # --compute device:MS: the forward/backward sleeps on an emulated GPU (before DDP
-        # wraps the model, so that DDP runs the surrogate too).
-        self.device_time = device_time_forward(self.model, args.compute_s) \
-            if args.compute_s is not None else None
-        if name in PEER_NAMES:
-            self.strategy = TorchPeer(name, self.model, optimizer, args.period)
-            self.forward = self.strategy.module
-        else:
-            self.strategy = make_strategy(name, self.model, optimizer, period=args.period,
-                                          delay=args.delay)
-            self.forward = self.model
-        self.times, self.waits = [], []
-        self.block_medians = []  # one per turn: pairs strategies that ran side by side
-        self.cpu = None  # CpuSplit over the timed steps
-
-    def step(self, x, y, loss_fn, timed):
-        wait_before = self.strategy.comm_wait_s
-        _finish_gpu_work(x)
-        start = time.perf_counter()
-        self.strategy.optimizer.zero_grad()
-        out = self.forward(x)
-        (out if self.device_time else loss_fn(out, y)).backward()
-        self.strategy.step()
-        _finish_gpu_work(x)
-        if timed:
-            self.times.append(time.perf_counter() - start)
-            self.waits.append(self.strategy.comm_wait_s - wait_before)
 
 
 def run_worker(args):
@@ -272,29 +229,17 @@ def run_worker(args):
     comm_threads = communication_threads()
     if set(names) & set(PEER_NAMES):
         comm_threads |= init_torch_distributed(hvd)
-    contenders = [_Contender(n, args, make_strategy, build_model) for n in names]
+    contenders = [Contender(n, args, make_strategy, build_model,
+                            args.periods.get(n, args.period), args.delay_max) for n in names]
     for c in contenders:
         c.cpu = CpuSplit(comm_threads)
     batches = synthetic_batches(4, args.batch_size, 3, args.image_size, 10,
                                 seed=args.seed * 1000 + hvd.rank())
     batches = [(x.to(args.device), y.to(args.device)) for x, y in batches]
-    loss_fn = torch.nn.CrossEntropyLoss()
-    step = 0
-    for rnd in range(args.rounds):
-        shift = rnd % len(contenders)
-        for c in contenders[shift:] + contenders[:shift]:
-            for i in range(args.block_steps):
-                x, y = batches[step % len(batches)]
-                step += 1
-                if i == 1:
-                    c.cpu.start()
-                # The first step of a block has no average in flight to merge (the last
-                # block's was flushed): it is not timed.
-                c.step(x, y, loss_fn, timed=i > 0)
-            c.cpu.stop()
-            c.strategy.flush()  # nothing in flight while another strategy runs
-            c.block_medians.append(statistics.median(c.times[-(args.block_steps - 1):]))
-    mine = torch.tensor([[statistics.median(c.times), statistics.mean(c.waits), min(c.times),
+    run_rounds(contenders, batches, torch.nn.CrossEntropyLoss(), args.rounds,
+               args.block_steps, warmup_turn=args.warmup_turn)
+    mine = torch.tensor([[window_median(c.times, c.window), statistics.mean(c.waits),
+                          min(c.times),
                           c.cpu.compute_s / len(c.times), c.cpu.comm_s / len(c.times)]
                          for c in contenders], dtype=torch.float64)
     everyone = hvd.allgather(mine.unsqueeze(0), name="bench.result")  # ranks x strategies x 5
@@ -307,12 +252,21 @@ def run_worker(args):
         if args.probe_allreduce else None
     sizes = probe_sizes(hvd, numel, SIZE_FRACTIONS, args.probe_allreduce, args.device) \
         if args.probe_allreduce and args.probe_sizes else None
+    if args.probe_bytes:
+        # Given sizes and the model's, slowest rank's median: the alpha-beta fit's points.
+        from experiments.bench.nodes import time_allreduces
+        wanted = sorted({int(b) for b in args.probe_bytes.split(",") if b} | {4 * numel})
+        sizes = [{"workers": hvd.size(), "bytes": n, "seconds": t} for n, t in
+                 time_allreduces(hvd, torch, wanted, max(1, args.probe_allreduce))]
+    hosts = hvd.allgather_object(socket.gethostname())
     if hvd.rank() == 0:
         result = {"model": args.model, "ranks": hvd.size(), "batch_per_rank": args.batch_size,
                   "compute": args.compute,
                   "rounds": args.rounds, "block_steps": args.block_steps,
                   "timed_steps_per_strategy": len(contenders[0].times),
-                  "period": args.period, "delay": args.delay,
+                  "period": args.period, "delay": args.delay, "hosts": hosts,
+                  "periods": {c.name: c.period for c in contenders},
+                  "delay_max": args.delay_max, "warmup_turn": args.warmup_turn,
                   # the d dasgd ran with (--delay auto: the one it chose)
                   "dasgd_delay": next((c.strategy.delay for c in contenders
                                        if c.name == "dasgd"), None),
@@ -370,45 +324,17 @@ def worker_parser():
     p.add_argument("--probe-sizes", action="store_true",
                    help="with --probe-allreduce: also time averages of 1/64, 1/16 and 1/4 "
                         "of the model (for fitting latency and bandwidth)")
+    p.add_argument("--probe-bytes", default="",
+                   help="with --probe-allreduce: time averages of these sizes in bytes and of "
+                        "the model instead (comma-separated; slowest rank's median)")
+    p.add_argument("--periods", default="",
+                   help="NAME=H,...: the averaging period of single contenders where it "
+                        "differs from --period (e.g. local=4,postlocal=4)")
+    p.add_argument("--delay-max", type=int, default=None,
+                   help="the largest d --delay auto may choose (default: DaSGD's)")
+    p.add_argument("--warmup-turn", action="store_true",
+                   help="one untimed turn of every contender before the first round")
     return p
-
-
-def add_compute_option(p):
-    p.add_argument("--compute", default="real", metavar="real|device:STEP_MS",
-                   help="real: the model's forward/backward on this CPU; device:STEP_MS: each "
-                        "step's forward/backward costs STEP_MS of emulated GPU time without "
-                        "using the CPU, gradients fired layer by layer "
-                        "(experiments/bench/device_time.py)")
-
-
-def check_compute_option(p, args):
-    """args.compute_s: None for real compute, else seconds of device time per step."""
-    try:
-        args.compute_s = parse_compute(args.compute)
-    except ValueError as exc:
-        p.error(str(exc))
-
-
-def add_step_bench_options(p):
-    """The options launch.bench_comm and launch.bench_nodes share beyond training's."""
-    add_compute_option(p)
-    p.add_argument("--allow-loaded", action="store_true",
-                   help="measure even when other work loads the machine beyond its cores "
-                        "(the results are then marked loaded); without it the benchmark "
-                        "refuses to start (exit 3)")
-
-
-def check_step_bench_options(p, args):
-    """--compute parsed (bad input: one line, exit 2)."""
-    check_compute_option(p, args)
-
-
-def refuse_a_loaded_machine(args, started):
-    """Once the input is checked: a machine loaded by other work at `started` stops the
-    benchmark (experiments.bench.sanity.BenchmarkInsane) unless --allow-loaded."""
-    from experiments.bench import sanity
-    if not args.allow_loaded:
-        sanity.check({}, load_start=started["load"][0], cores=os.cpu_count())
 
 
 def parse_worker_args(argv=None):
@@ -416,6 +342,12 @@ def parse_worker_args(argv=None):
     args = p.parse_args(argv)
     config.check_run_options(p, args, WORKER_RUN_OPTIONS)
     check_compute_option(p, args)
+    try:
+        args.periods = parse_periods(args.periods, CONTENDERS)
+        if args.delay_max is not None:
+            check_delay_max(args.delay_max)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
