@@ -9,6 +9,8 @@ stats-every: the invariance layer refreshing its statistics every k-th step, k =
              one thread; continues an interrupted study from DIR/runs.jsonl).
 claims:      the papers' claims on Fashion-MNIST, each decided by a verdict from runs paired
              by seed (python -m launch.study claims --help has its own options).
+staleness, refresh-rules: why stale whitening fails and which refresh rule holds, on a
+             Fashion-MNIST subset (python -m launch.study staleness --help).
 """
 import argparse
 import json
@@ -50,6 +52,9 @@ def main(argv=None):
     if argv[:1] == ["claims"]:
         from experiments.studies.claims_cli import main as claims_main
         return claims_main(argv[1:])
+    if argv[:1] in (["staleness"], ["refresh-rules"]):
+        from experiments.studies.staleness_cli import main as staleness_main
+        return staleness_main(argv)
     p = parser()
     args = p.parse_args(argv)
     config.check_run_options(p, args, RUN_OPTIONS)

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import ops, options
 from .ops import _C
-from .sync import average_moments, new_name
+from .sync import average_mean, average_moments, new_name
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 RF_EPS = 1.0  # added to the local std (norm="local")
@@ -43,15 +43,21 @@ class _Whitening(nn.Module):
     state_dict round trip or a resume continues the schedule exactly."""
 
     def _setup(self, groups, d, eps, n_iter, momentum, norm, freeze, sync, method,
-               stats_every):
-        options.common(eps, n_iter, momentum, norm, freeze, sync, method, stats_every)
+               stats_every, refresh):
+        options.common(eps, n_iter, momentum, norm, freeze, sync, method, stats_every,
+                       refresh=refresh)
         self.eps, self.n_iter, self.momentum = float(eps), int(n_iter), float(momentum)
         self.norm, self.freeze, self.sync, self.method = norm, freeze, sync, method
-        self.stats_every = int(stats_every)
+        self.stats_every, self.refresh = int(stats_every), refresh
         self.warm_start = options.warm_start_steps(self.stats_every, self.momentum)
         self.register_buffer("running_mean", torch.zeros(groups, d))
         self.register_buffer("running_whitening", torch.eye(d).repeat(groups, 1, 1))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        if refresh in ("last", "center"):
+            # the last refresh step's batch statistics, for the stale steps that follow it;
+            # only these rules have them, so "ema" state_dicts are what they always were
+            self.register_buffer("refresh_mean", torch.zeros(groups, d))
+            self.register_buffer("refresh_whitening", torch.eye(d).repeat(groups, 1, 1))
         self._sync_name = new_name()
         self._eval_cache = None
 
@@ -67,21 +73,46 @@ class _Whitening(nn.Module):
         """Sigma = S - mu mu^T + eps I  ->  D = Newton-Schulz inverse square root."""
         if self.sync:
             mean, second = average_moments(mean, second, self._sync_name)
-        d = mean.shape[-1]
-        with _small_math_threads(mean.device):
-            eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
-            # one outer-product update: its backward is two (d, d) x (d, 1) products
-            sigma = torch.baddbmm(second + self.eps * eye, mean.unsqueeze(-1),
-                                  mean.unsqueeze(-2), alpha=-1)
-        method = options.resolve_method(self.method, sigma.device)
-        whitening = ops.inv_sqrt(sigma, self.n_iter, method)
+        whitening = self._inverse_sqrt(mean, second)
         with torch.no_grad(), _small_math_threads(mean.device):
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype),
                                                alpha=m)
             self.running_whitening.mul_(1 - m).add_(
                 whitening.detach().to(self.running_whitening.dtype), alpha=m)
+            if self.refresh in ("last", "center"):
+                self.refresh_mean.copy_(mean.detach())
+                self.refresh_whitening.copy_(whitening.detach())
         return mean, whitening
+
+    def _stale_statistics(self, xhat, moments_fn):
+        """(mean, whitening) a stale training step folds, by the refresh rule. None of them
+        differentiates through the statistics; "center" differentiates through the mean."""
+        if self.refresh == "ema":
+            return self.running_mean, self.running_whitening
+        if self.refresh == "last":
+            return self.refresh_mean, self.refresh_whitening
+        if self.refresh == "center":
+            mean = self._batch_mean(xhat)
+            if self.sync:
+                mean = average_mean(mean, self._sync_name + ".mean")
+            return mean, self.refresh_whitening
+        with torch.no_grad():  # "batch": this batch's statistics, fixed in the backward
+            mean, second = moments_fn(xhat.detach())
+            if self.sync:
+                mean, second = average_moments(mean, second, self._sync_name)
+            return mean, self._inverse_sqrt(mean, second)
+
+    def _inverse_sqrt(self, mean, second):
+        """Sigma = S - mu mu^T + eps I  ->  D = Newton-Schulz inverse square root."""
+        d = mean.shape[-1]
+        with _small_math_threads(mean.device):
+            eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
+            # one outer-product update: its backward is two (d, d) x (d, 1) products
+            sigma = torch.baddbmm(second + self.eps * eye, mean.unsqueeze(-1),
+                                  mean.unsqueeze(-2), alpha=-1)
+        return ops.inv_sqrt(sigma, self.n_iter, options.resolve_method(self.method,
+                                                                       sigma.device))
 
     def _bias_or_zeros(self):
         if self.bias is not None:
@@ -94,9 +125,12 @@ class _Whitening(nn.Module):
         if self._use_batch_statistics():
             mean, whitening = self._whitening(*moments_fn(xhat))
             return self._fold(whitening, mean)
+        if self.training:  # a stale step
+            mean, whitening = self._stale_statistics(xhat, moments_fn)
+            return self._fold(whitening, mean)
         needs_graph = torch.is_grad_enabled() and any(
             p.requires_grad for p in (self.weight, self.bias) if p is not None)
-        if self.training or needs_graph:  # stale step, or gradients for the weights
+        if needs_graph:  # eval with gradients for the weights
             return self._fold(self.running_whitening, self.running_mean)
         tracked = [self.weight, self.running_mean, self.running_whitening]
         if self.bias is not None:
@@ -144,7 +178,7 @@ class InvConv2d(_Whitening):
                  groups=1, bias=True, *, block=64, sampling_stride=3,
                  stats_budget=options.DEFAULT_STATS_BUDGET,
                  eps=1e-5, n_iter=5, momentum=0.1, norm="sample", freeze=False, sync=False,
-                 method="auto", stats_every=1):
+                 method="auto", stats_every=1, refresh="ema"):
         super().__init__()
         self.in_channels = options.positive_int("in_channels", in_channels)
         self.out_channels = options.positive_int("out_channels", out_channels)
@@ -172,7 +206,7 @@ class InvConv2d(_Whitening):
         self.weight = nn.Parameter(torch.empty(out_channels, per_group, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self._setup(groups, self.d, eps, n_iter, momentum, norm, freeze, sync, method,
-                    stats_every)
+                    stats_every, refresh)
         self.window = options.local_window(self.kernel_size, self.dilation)
         self.reset_parameters()
 
@@ -187,8 +221,8 @@ class InvConv2d(_Whitening):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, block={self.block}, "
                 f"sampling_stride={self.sampling_stride}, n_iter={self.n_iter}, "
-                f"stats_every={self.stats_every}, norm={self.norm}, freeze={self.freeze}, "
-                f"sync={self.sync}")
+                f"stats_every={self.stats_every}, refresh={self.refresh}, norm={self.norm}, "
+                f"freeze={self.freeze}, sync={self.sync}")
 
     def _moments(self, xhat):
         # the sampled grid: every sampling_stride-th output position of the conv
@@ -196,6 +230,13 @@ class InvConv2d(_Whitening):
                          self.sampling_stride * self.stride[1])
         return ops.im2col_moments(xhat, self.kernel_size, self.padding, self.dilation,
                                   sample_stride, self.groups, self.block)
+
+    def _batch_mean(self, xhat):
+        """Mean (groups, d) of the sampled patch vectors, without their second moment."""
+        sample_stride = (self.sampling_stride * self.stride[0],
+                         self.sampling_stride * self.stride[1])
+        return ops.sampled_patch_mean(xhat, self.kernel_size, self.padding, self.dilation,
+                                      sample_stride, self.groups, self.block)
 
     def forward(self, x):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -235,7 +276,7 @@ class InvLinear(_Whitening):
 
     def __init__(self, in_features, out_features, bias=True, *, block=None, eps=1e-5, n_iter=5,
                  momentum=0.1, norm="sample", freeze=False, sync=False, method="auto",
-                 stats_every=1):
+                 stats_every=1, refresh="ema"):
         super().__init__()
         self.in_features = options.positive_int("in_features", in_features)
         self.out_features = options.positive_int("out_features", out_features)
@@ -252,18 +293,22 @@ class InvLinear(_Whitening):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self._setup(1, self.block, eps, n_iter, momentum, norm, freeze, sync, method,
-                    stats_every)
+                    stats_every, refresh)
         self.reset_parameters()
 
     reset_parameters = InvConv2d.reset_parameters
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, block={self.block}, "
-                f"n_iter={self.n_iter}, stats_every={self.stats_every}, norm={self.norm}, "
-                f"freeze={self.freeze}, sync={self.sync}")
+                f"n_iter={self.n_iter}, stats_every={self.stats_every}, refresh={self.refresh}, "
+                f"norm={self.norm}, freeze={self.freeze}, sync={self.sync}")
 
     def _moments(self, xhat):
         return ops.chunk_moments(xhat, self.block)
+
+    def _batch_mean(self, xhat):
+        """Mean (1, B) of the contiguous B-chunks of the features."""
+        return xhat.reshape(-1, self.block).mean(dim=0, keepdim=True)
 
     def forward(self, x):
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_features:

@@ -139,6 +139,32 @@ def im2col_moments(x, kernel, padding, dilation, sample_stride, groups, block):
                               list(sample_stride), groups, block)
 
 
+class _SampledPatchMean(torch.autograd.Function):
+    """Mean of the sampled patch vectors alone: the gather op forward, its scatter op
+    backward (the gather has no autograd of its own: im2col_moments' covers it there)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, padding, dilation, stride, groups, block):
+        patches = ops.sampled_patches(x, kernel, padding, dilation, stride, groups, block)
+        ctx.save_for_backward(x)
+        ctx.geometry, ctx.rows = (kernel, padding, dilation, stride, groups, block), \
+            patches.shape[1]
+        return patches.mean(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_mean):
+        x, = ctx.saved_tensors
+        grad = (grad_mean / ctx.rows).unsqueeze(1).expand(-1, ctx.rows, -1).contiguous()
+        return (ops.sampled_patches_backward(grad, x, *ctx.geometry),) + (None,) * 6
+
+
+def sampled_patch_mean(x, kernel, padding, dilation, sample_stride, groups, block):
+    """Mean (groups, d) of the im2col vectors sampled every sample_stride pixels, without
+    their second moment (differentiable in x)."""
+    return _SampledPatchMean.apply(x, list(kernel), list(padding), list(dilation),
+                                   list(sample_stride), groups, block)
+
+
 def chunk_moments(x, block):
     """Mean (1, B) and second moment (1, B, B) of the contiguous B-chunks of the features."""
     return ops.chunk_moments(x, block)

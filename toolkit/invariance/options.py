@@ -11,6 +11,11 @@ from dataclasses import asdict, dataclass, fields
 
 NORMS = ("sample", "local", "none")
 METHODS = ("auto", "newton", "spectral")
+# What a stale step (stats_every > 1 or freeze) folds into the weights: the running
+# averages (the method as specified), the last refresh step's batch statistics, the last
+# refresh's whitening with this batch's mean, or this batch's statistics held fixed in the
+# backward pass (docs/invariance-layer.md, "Refresh rules").
+REFRESH_RULES = ("ema", "last", "center", "batch")
 
 # The network's first conv whitens raw pixels, whose patch covariance is badly conditioned:
 # it gets three times the Newton-Schulz iterations of every other layer.
@@ -56,7 +61,8 @@ def flag(name, value):
     return value
 
 
-def common(eps, n_iter, momentum, norm, freeze, sync, method, stats_every=1, norms=NORMS):
+def common(eps, n_iter, momentum, norm, freeze, sync, method, stats_every=1, norms=NORMS,
+           refresh="ema"):
     """Checks the arguments shared by InvConv2d and InvLinear."""
     if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"eps must be a number > 0, got {eps!r}")
@@ -77,6 +83,18 @@ def common(eps, n_iter, momentum, norm, freeze, sync, method, stats_every=1, nor
     if stats_every > 1 and momentum == 0:
         raise ValueError("stats_every > 1 needs momentum > 0: stale steps fold the running "
                          "buffers, which momentum=0 never moves from their initialisation")
+    refresh_rule(refresh, stats_every, freeze)
+
+
+def refresh_rule(refresh, stats_every, freeze):
+    """The refresh argument: one of REFRESH_RULES; a rule other than "ema" only where there
+    are stale steps to apply it to (stats_every > 1 or freeze)."""
+    if refresh not in REFRESH_RULES:
+        raise ValueError(f"refresh must be one of {', '.join(REFRESH_RULES)}, got {refresh!r}")
+    if refresh != "ema" and stats_every == 1 and not freeze:
+        raise ValueError(f"refresh={refresh!r} needs stale steps (stats_every > 1 or freeze); "
+                         "with stats_every=1 every step uses its batch statistics")
+    return refresh
 
 
 def warm_start_steps(stats_every, momentum):
@@ -171,6 +189,7 @@ class LayerOptions:
     sync: bool = False
     method: str = "auto"
     freeze: bool = False
+    refresh: str = "ema"
 
     def __post_init__(self):
         for name in ("block", "n_iter", "first_n_iter", "stats_every"):
@@ -197,6 +216,11 @@ class LayerOptions:
         if self.stats_every > 1 and self.freeze:
             raise LayerOptionError(None, "stats_every > 1 and freeze are two refresh "
                                    "schedules; choose one (freeze needs stats_every 1)")
+        try:
+            refresh_rule(self.refresh, self.stats_every, self.freeze)
+        except ValueError as exc:
+            raise LayerOptionError(None if self.refresh in REFRESH_RULES else "refresh",
+                                   str(exc).removeprefix("refresh ")) from None
         object.__setattr__(self, "sampling_stride", stride if stride == "auto" else int(stride))
         object.__setattr__(self, "stats_budget", float(budget))
         for name in ("block", "n_iter", "first_n_iter", "stats_every"):

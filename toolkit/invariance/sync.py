@@ -22,6 +22,11 @@ def average_moments(mean, second, name):
     return flat[: mean.numel()].view_as(mean), flat[mean.numel():].view_as(second)
 
 
+def average_mean(mean, name):
+    """The mean alone (refresh="center"'s stale steps), averaged like average_moments."""
+    return _average(mean.reshape(-1), name).view_as(mean)
+
+
 def _average(flat, name):
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
