@@ -21,11 +21,13 @@ from tqdm import tqdm
 from toolkit import job
 from toolkit.checkpoint import Checkpointer, CheckpointError, load_checkpoint
 from toolkit.config import RunConfig
-from toolkit.data import load_dataset, shard_loader, steps_per_epoch
+from toolkit.data import load_dataset, steps_per_epoch
 from toolkit.data.pipeline import TrainLoader, default_workers
+from toolkit.evaluation import evaluate, scores_text
 from toolkit.metrics import (Meter, MetricsLog, TensorBoardLog, load_summary_writer,
                              tensorboard_installed, write_json)
 from toolkit.optim import build_optimizer, parse_betas
+from toolkit.placement import default_threads, resolve_device
 from toolkit.precision import LossScale, autocast, check_amp
 from toolkit.preemption import StopVote, install as stop_flag
 from toolkit.schedule import lr_at, scaled_lr
@@ -33,27 +35,6 @@ from toolkit.schedule import lr_at, scaled_lr
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def resolve_device(name, local_rank):
-    """--device: auto = this rank's GPU (local rank modulo the visible GPUs) when CUDA is
-    available, else the CPU."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible to this process "
-                         f"(torch {torch.__version__} reports none)")
-    device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    torch.cuda.set_device(device)
-    return device
-
-
-def default_threads(ranks_on_node):
-    """OMP_NUM_THREADS when the launcher set it (SLURM templates do), else the cores this
-    process may run on (cgroups/affinity, not the whole node) shared by the node's ranks."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, len(os.sched_getaffinity(0)) // ranks_on_node)
 
 
 def show_progress(mode):
@@ -82,26 +63,6 @@ def check_out_dir(path):
         raise ValueError(f"--out {path}: {parent} is on a read-only file system")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out {path}: no permission to write in {parent}")
-
-
-def evaluate(model, dataset, ctx, batch_size, device=torch.device("cpu")):
-    """Loss and accuracy over the whole of `dataset` (each rank scores its shard)."""
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
-    with torch.no_grad():
-        for x, y in shard_loader(dataset, batch_size, ctx.rank, ctx.size, 0, 0, train=False):
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            totals += torch.tensor([F.cross_entropy(out, y, reduction="sum").item(),
-                                    (out.argmax(1) == y).sum().item(), len(y)],
-                                   dtype=torch.float64)
-    model.train()
-    loss_sum, correct, n = job.allreduce_sum(totals, name="eval.totals").tolist()
-    return loss_sum / n, correct / n
-
-
-def scores_text(scores):
-    return " ".join(f"{key}={value:.4f}" for key, value in scores.items())
 
 
 def train_step(model, strategy, x, y, lr, *, amp="off", label_smoothing=0.0, loss_scale=None):
