@@ -228,3 +228,40 @@ def test_failed_start_removes_everything(request, tmp_path):
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"tkn{c.net.token}" not in links + namespaces
+
+
+def test_bench_nodes_device_time_four_nodes(request, tmp_path):
+    """launch.bench_nodes end to end on 4 emulated nodes of its own (no SLURM): device-time
+    compute, the six contenders taking turns at 2 and 4 nodes, the allreduce sizes, the
+    model calibrated on 2 nodes, the JSON rows, the table and the plot; the nodes are gone
+    afterwards. Two rounds of short turns: a check of the machinery, not a measurement."""
+    skip_unless_selected(request)
+    out = tmp_path / "nodes_device.json"
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.bench_nodes", "--json", str(out), "--workers", "2,4",
+         "--rounds", "2", "--block-steps", "4", "--repeats", "2", "--sizes", "65536,1048576",
+         "--allow-loaded"], cwd=REPO, capture_output=True, text=True, timeout=JOB_TIMEOUT * 3)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    rows = {r["workers"]: r for r in report["rows"]}
+    assert sorted(rows) == [2, 4] and report["compute"] == "device:10"
+    assert rows[4]["hosts"] == ["node1", "node2", "node3", "node4"]
+    for row in rows.values():
+        assert row["none_s"] >= 0.01  # the device time is a floor of every step
+        for name in ("sync", "local", "dasgd", "ddp", "postlocal"):
+            ratio = row[f"{name}_over_none"]
+            assert ratio["lo"] <= ratio["median"] <= ratio["hi"] and ratio["rounds"] == 2
+        assert {pt["bytes"] for pt in row["allreduce"]} == {65536, 1048576,
+                                                           report["model_bytes"]}
+    assert rows[2]["model_error_sync"] == pytest.approx(0, abs=1e-9)  # the calibration
+    assert isinstance(rows[4]["model_error_sync"], float)
+    assert isinstance(rows[4]["model_error_dasgd"], float)
+    assert report["periods"] == {"none": 1, "sync": 1, "local": 4, "dasgd": 1, "ddp": 1,
+                                 "postlocal": 4}
+    assert report["provenance"]["command"].startswith("python -m launch.bench_nodes --json")
+    md = (tmp_path / "nodes_device.md").read_text().splitlines()
+    assert md[2].startswith("Reproduce: `python -m launch.bench_nodes --json")
+    assert (tmp_path / "nodes_device.png").stat().st_size > 1000
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert after == before
