@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 
 from experiments.bench import nodes_report, sanity
 from experiments.bench.comm import CONTENDERS
@@ -96,6 +97,7 @@ def measure(nodes, args, p, out_dir):
     """One job on p nodes: the contenders' rounds, then allreduces by size; its result."""
     env = node_env(nodes.ssh, {**RING, "HOROVOD_CYCLE_TIME": f"{args.cycle_time_ms:g}"})
     out = os.path.join(out_dir, f"steps-{p}.json")
+    began = time.time()
     nodes.mpirun(p, python_module(
         "experiments.bench.comm", "--strategies", ",".join(args.contenders), "--out", out,
         "--model", args.model, "--batch-size", args.batch_size, "--rounds", args.rounds,
@@ -104,7 +106,10 @@ def measure(nodes, args, p, out_dir):
         "--delay-max", args.delay_max, "--warmup-turn", "--probe-allreduce", args.repeats,
         "--probe-bytes", args.sizes), env, args.job_timeout, "benchmark")
     with open(out) as f:
-        return json.load(f)
+        result = json.load(f)
+    # The job's start-up (ranks, Horovod, gloo) is its wall time minus the worker's parts.
+    result.setdefault("wall_s", {})["job_s"] = time.time() - began
+    return result
 
 
 def check_args(p, args):

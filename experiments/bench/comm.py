@@ -236,8 +236,9 @@ def run_worker(args):
     batches = synthetic_batches(4, args.batch_size, 3, args.image_size, 10,
                                 seed=args.seed * 1000 + hvd.rank())
     batches = [(x.to(args.device), y.to(args.device)) for x, y in batches]
-    run_rounds(contenders, batches, torch.nn.CrossEntropyLoss(), args.rounds,
-               args.block_steps, warmup_turn=args.warmup_turn)
+    wall = run_rounds(contenders, batches, torch.nn.CrossEntropyLoss(), args.rounds,
+                      args.block_steps, warmup_turn=args.warmup_turn)
+    probe_began = time.perf_counter()
     mine = torch.tensor([[window_median(c.times, c.window), statistics.mean(c.waits),
                           min(c.times),
                           c.cpu.compute_s / len(c.times), c.cpu.comm_s / len(c.times)]
@@ -259,6 +260,7 @@ def run_worker(args):
         sizes = [{"workers": hvd.size(), "bytes": n, "seconds": t} for n, t in
                  time_allreduces(hvd, torch, wanted, max(1, args.probe_allreduce))]
     hosts = hvd.allgather_object(socket.gethostname())
+    wall["probe_s"] = time.perf_counter() - probe_began
     if hvd.rank() == 0:
         result = {"model": args.model, "ranks": hvd.size(), "batch_per_rank": args.batch_size,
                   "compute": args.compute,
@@ -291,7 +293,9 @@ def run_worker(args):
                   "round_step_s": {c.name: block_all[:, i, :].max(0).values.tolist()
                                    for i, c in enumerate(contenders)},
                   "model_bytes": 4 * numel, "allreduce_s": probe,
-                  "allreduce_sizes": sizes}
+                  "allreduce_sizes": sizes,
+                  # rank 0's seconds in each part of the job (what more rounds would cost)
+                  "wall_s": wall}
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     if set(names) & set(PEER_NAMES):

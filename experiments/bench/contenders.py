@@ -112,12 +112,16 @@ def run_rounds(contenders, batches, loss_fn, rounds, block_steps, warmup_turn=Fa
     """`rounds` rounds of turns of `block_steps` steps (the first untimed), the order
     rotating every round. warmup_turn: one untimed turn of every contender first, so that
     one-time costs (gloo's connections, DDP's buckets, --delay auto's decision) stay out of
-    the first round and dasgd's turns are long enough for the d it chose."""
+    the first round and dasgd's turns are long enough for the d it chose. Returns the
+    seconds the warm-up and the rounds took (what a longer run of the benchmark costs)."""
     counter = [0]
+    began = time.perf_counter()
     if warmup_turn:
         for c in contenders:
             take_turn(c, batches, loss_fn, block_steps - 1, counter, record=False)
+    warmed = time.perf_counter()
     for rnd in range(rounds):
         shift = rnd % len(contenders)
         for c in contenders[shift:] + contenders[:shift]:
             take_turn(c, batches, loss_fn, block_steps - 1, counter)
+    return {"warmup_s": warmed - began, "rounds_s": time.perf_counter() - warmed}

@@ -48,7 +48,8 @@ def measured_row(p, result, cores):
     row = {"workers": p, "hosts": result.get("hosts"), "none_s": step["none"],
            "step_s": step, "round_step_s": rs, "dasgd_delay": result.get("dasgd_delay"),
            "periods": result.get("periods"), "cpu_s_per_step": result["cpu_s_per_step"],
-           "host_cpu_busy": host_cpu_busy(p, result, cores)}
+           "host_cpu_busy": host_cpu_busy(p, result, cores),
+           "wall_s": result.get("wall_s")}
     for name in rs:
         if name != "none":
             row[f"{name}_over_none"] = ratio_interval(rs[name], rs["none"])
