@@ -21,8 +21,7 @@ import time
 
 import torch
 
-from experiments.bench.contenders import (Contender, finish_gpu_work, run_rounds,
-                                          window_median)
+from experiments.bench.contenders import Contender, finish_gpu_work, run_rounds
 from experiments.bench.options import (add_compute_option, check_compute_option,
                                        check_delay_max, parse_periods)
 from experiments.bench.peers import PEER_NAMES
@@ -239,7 +238,8 @@ def run_worker(args):
     wall = run_rounds(contenders, batches, torch.nn.CrossEntropyLoss(), args.rounds,
                       args.block_steps, warmup_turn=args.warmup_turn)
     probe_began = time.perf_counter()
-    mine = torch.tensor([[window_median(c.times, c.window), statistics.mean(c.waits),
+    # A step's time: the median of the turns' values (experiments/bench/contenders.py).
+    mine = torch.tensor([[statistics.median(c.block_medians), statistics.mean(c.waits),
                           min(c.times),
                           c.cpu.compute_s / len(c.times), c.cpu.comm_s / len(c.times)]
                          for c in contenders], dtype=torch.float64)

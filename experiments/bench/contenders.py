@@ -9,10 +9,14 @@ previous contender) and, for dasgd, the d + H - 1 steps before its first merge. 
 those, a turn shorter than d would time only launches and never the wait for an average,
 and a link too slow for one average per step would look free.
 
-A strategy that averages every H steps (local, postlocal, dasgd) pays in one step of H: the
-median of single steps would never see that step. Its timed steps are therefore a multiple
-of H, and what is summarised is the mean of each window of H consecutive steps (each holds
-one averaging step, whatever the phase).
+A strategy that averages every H steps (local, postlocal) pays in one step of H: the median
+of single steps would never see that step. Its timed steps are therefore a multiple of H,
+and a turn is summarised by the median of the means of its windows of H consecutive steps
+(each holds one averaging step, whatever the phase). DaSGD's waits are lumpy: averages
+queued behind a slow link are fused by Horovod and finish together, so several merges find
+their average done and the next one waits for many; a median of single steps then misses
+most of the waiting. Its turn is summarised by the mean of all its timed steps, at least
+2d of them, so that a lump is a small part of the turn.
 """
 import statistics
 import time
@@ -64,7 +68,7 @@ class Contender:
                                           delay=args.delay, **extra)
             self.forward = self.model
         self.times, self.waits = [], []
-        self.block_medians = []  # one per turn: pairs strategies that ran side by side
+        self.block_medians = []  # one value per turn: pairs strategies side by side
         self.cpu = None  # CpuSplit over the timed steps
 
     def settle_steps(self):
@@ -93,7 +97,12 @@ def take_turn(c, batches, loss_fn, timed_steps, counter, record=True):
     timed ones (when `record`), then a flush, so that nothing is in flight while the next
     contender runs. `counter` is a one-element list: the global step, which picks batches."""
     untimed = 1 + c.settle_steps()
-    timed_steps = -(-timed_steps // c.window) * c.window  # whole periods
+    window = c.window
+    if c.name == "dasgd":
+        timed_steps = max(timed_steps, 2 * c.strategy.delay)
+    timed_steps = -(-timed_steps // window) * window  # whole periods
+    if c.name == "dasgd":
+        window = timed_steps  # the turn's mean
     for i in range(untimed + timed_steps):
         x, y = batches[counter[0] % len(batches)]
         counter[0] += 1
@@ -105,7 +114,7 @@ def take_turn(c, batches, loss_fn, timed_steps, counter, record=True):
         c.cpu.stop()
     c.strategy.flush()
     if record:
-        c.block_medians.append(window_median(c.times[-timed_steps:], c.window))
+        c.block_medians.append(window_median(c.times[-timed_steps:], window))
 
 
 def run_rounds(contenders, batches, loss_fn, rounds, block_steps, warmup_turn=False):

@@ -29,7 +29,8 @@ def ratio_interval(numerator, denominator, confidence=CONFIDENCE):
     their geometric mean and t-interval, from the log ratios."""
     logs = [math.log(a / b) for a, b in zip(numerator, denominator)]
     ci = interval(logs, confidence)
-    back = (lambda v: None if v is None else math.exp(v))  # noqa: E731
+    # With few rounds the t quantile is huge (636 at 99.9 % and 2 rounds): exp overflows.
+    back = (lambda v: None if v is None else math.exp(min(v, 700.0)))  # noqa: E731
     return {"ratio": back(ci["mean"]), "lo": back(ci["lo"]), "hi": back(ci["hi"]),
             "rounds": ci["n"]}
 
