@@ -168,12 +168,18 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
     from launch.bench_layer import main
     out = tmp_path / "bench.json"
     result = main(["--json", str(out), "--model", "small_cnn", "--batch", "4", "--image-size",
-                   "8", "--steps", "1", "--warmup", "1", "--threads", "1"])
+                   "8", "--steps", "1", "--warmup", "1", "--threads", "1", "--vit-batch", "2"])
     saved = json.loads(out.read_text())
     for key in ("bn_step_s", "inv_step_s", "inv_k10_step_s", "ref_step_s", "inv_over_bn",
-                "inv_over_bn_k10", "inv_over_floor", "ref_over_inv"):
+                "inv_over_bn_k10", "inv_fast_over_bn", "inv_over_floor", "ref_over_inv"):
         assert saved[key] > 0 and saved[key] == pytest.approx(result[key])
     assert saved["inv_over_bn_k10"] == pytest.approx(saved["inv_k10_step_s"] / saved["bn_step_s"])
+    # every refresh rule timed with k = 10 on both models; the fast rule's is inv_fast_over_bn
+    from launch.bench_layer import FAST_RULE, RULES
+    assert set(saved["refresh_over_bn"]) == {"ema", *RULES}
+    assert all(set(v) == {"small_cnn", "vit_tiny"} for v in saved["refresh_over_bn"].values())
+    assert saved["inv_fast_over_bn"] == saved["refresh_over_bn"][FAST_RULE]["small_cnn"]
+    assert saved["refresh_over_bn"]["ema"]["small_cnn"] == saved["inv_over_bn_k10"]
     assert saved["inv_over_floor"] == pytest.approx(saved["inv_step_s"] /
                                                     saved["floor_inv_step_s"])
     # k = 10 is timed over whole periods: one sample per round, the mean of 10 steps

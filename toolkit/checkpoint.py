@@ -116,6 +116,10 @@ def load_checkpoint(path, expect, defaults=None):
     for key, value in expect.items():
         if key not in saved and key in defaults and value == defaults[key]:
             continue
+        if key not in saved and key in defaults:
+            raise CheckpointError(f"checkpoint {path} does not match this run: it has no "
+                                  f"{key} (written before the option existed, it ran as "
+                                  f"{defaults[key]!r}), {value!r} here")
         if saved.get(key) != value:
             raise CheckpointError(f"checkpoint {path} does not match this run: "
                                   f"{key}={saved.get(key)!r} there, {value!r} here")

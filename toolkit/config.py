@@ -196,9 +196,10 @@ class RunConfig:
                               "of every 1000 steps", LAYER)
     inv_refresh: str = option(LayerOptions.refresh, "what the steps between refreshes fold "
                               "(--inv-stats-every > 1 or --inv-freeze): ema (the running "
-                              "averages), last (the last refresh's statistics), center (its "
-                              "whitening with the batch mean), batch (the batch's statistics, "
-                              "no gradient through them)", LAYER, choices=REFRESH_RULES)
+                              "averages), last (the last refresh's statistics), center (the "
+                              "running whitening with the batch mean), batch (the batch's statistics, "
+                              "no gradient through them), sampled (the batch's statistics "
+                              "from 4x fewer rows, with their gradient)", LAYER, choices=REFRESH_RULES)
     # run, checkpoints and logging
     out: str = option(None, "output directory; none given: "
                       "runs/<time>_<model>_<norm>_<strategy>_np<N>", RUN)

@@ -45,10 +45,10 @@ def evaluate(comparison, rows, classes=plan_mod.CLASSES):
     values = [sum(k * v.final_accuracy(rows[c.name(), s], classes)
                   for k, c in comparison.terms) for s in seeds]
     ci = v.interval(values)
-    verdict = v.equivalence(ci) if comparison.kind == "equivalence" else \
-        v.superiority(ci, comparison.side)
+    verdict = {"equivalence": v.equivalence, "noninferiority": v.noninferiority}.get(
+        comparison.kind, lambda ci: v.superiority(ci, comparison.side))(ci)
     return {**out, "unit": "accuracy points", "values": values, "ci": ci,
-            "margin": v.MARGIN_POINTS if comparison.kind == "equivalence" else None,
+            "margin": None if comparison.kind == "superiority" else v.MARGIN_POINTS,
             "verdict": verdict}
 
 
@@ -133,6 +133,7 @@ def comparison_table(comparisons, link=None):
     for c in comparisons:
         mean, ci = _interval_text(c)
         kind = {"equivalence": f"equivalence (±{v.MARGIN_POINTS:g} points)",
+                "noninferiority": f"non-inferiority (> −{v.MARGIN_POINTS:g} points)",
                 "superiority": "superiority"}[c["kind"]]
         if c["metric"] == "steps_ratio":
             kind = "fewer steps (ratio < 1)"

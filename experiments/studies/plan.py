@@ -12,6 +12,14 @@ from dataclasses import asdict, dataclass, field
 DATASET = "fashion_mnist"
 CLASSES = 10
 
+# vit_tiny (inv) on 28 px Fashion-MNIST, one thread: images/s of training and seconds of
+# one evaluation, from the refresh-rules trials (docs/results/refresh_rules.json), which
+# ran on a loaded machine: an upper bound of its time.
+VIT_IMAGES_PER_S = 40
+VIT_EVAL_S = 120.0
+# The refresh rule the R family checks (--inv-refresh; docs/results/refresh_rules.md).
+REFRESH_RULE = "last"
+
 # The size of every run (docs/results/README.md says why these values): training images
 # (the first N of the training file outside the validation part), epochs, the validation
 # part, and evaluations (val + test) per run besides the epoch ends. Multi-rank runs (D1)
@@ -20,7 +28,8 @@ SCALE = {
     "val_size": 2000,
     "evals": 12,
     "models": {"small_cnn": {"train_subset": 20480, "epochs": 3},
-               "resnet20": {"train_subset": 5120, "epochs": 2, "evals": 8}},
+               "resnet20": {"train_subset": 5120, "epochs": 2, "evals": 8},
+               "vit_tiny": {"train_subset": 5120, "epochs": 2, "evals": 4}},
     "multi_rank": {"train_subset": 10240, "epochs": 2, "evals": 8},
 }
 
@@ -32,8 +41,10 @@ COST = {
     "rank_start_s": 3.5,  # more per rank of an mpirun job (all ranks start on 2 cores)
     "images_per_s": {("small_cnn", "inv"): 1330, ("small_cnn", "bn"): 3600,
                      ("small_cnn", "none"): 4000, ("resnet20", "inv"): 69,
-                     ("resnet20", "bn"): 410, ("resnet20", "none"): 480},
-    "eval_s": {"small_cnn": 1.5, "resnet20": 9.0},  # one evaluation: val + test images
+                     ("resnet20", "bn"): 410, ("resnet20", "none"): 480,
+                     ("vit_tiny", "inv"): VIT_IMAGES_PER_S},
+    # one evaluation: val + test images
+    "eval_s": {"small_cnn": 1.5, "resnet20": 9.0, "vit_tiny": VIT_EVAL_S},
     # images/s of an N-rank job on 2 cores, as a fraction of one single-process run's
     "rank_speed": {2: 0.75, 4: 0.7, 8: 0.6, 16: 0.5},
 }
@@ -41,6 +52,7 @@ COST = {
 
 @dataclass(frozen=True)
 class Config:
+    """stats_every and refresh: the invariance layer's --inv-stats-every / --inv-refresh."""
     model: str = "small_cnn"
     norm: str = "inv"
     lr: float = 0.1
@@ -52,6 +64,7 @@ class Config:
     stats_every: int = 1
     warmup_epochs: float = 0.0
     lr_scaling: str = "none"
+    refresh: str = "ema"
 
     def name(self):
         """Directory name of its runs (without the seed); only what differs from defaults."""
@@ -64,6 +77,8 @@ class Config:
                 parts.append(f"H{self.period}")
         if self.stats_every != 1:
             parts.append(f"k{self.stats_every}")
+        if self.refresh != "ema":
+            parts.append(self.refresh)
         if self.warmup_epochs:
             parts.append(f"wu{self.warmup_epochs:g}")
         if self.lr_scaling != "none":
@@ -82,6 +97,8 @@ class Config:
             text += f", batch {self.batch}"
         if self.stats_every != 1:
             text += f", k={self.stats_every}"
+        if self.refresh != "ema":
+            text += f" {self.refresh}"
         return text
 
     def as_dict(self):
@@ -132,6 +149,8 @@ def train_args(config, seed, scale=SCALE, data_dir=None):
         args += ["--delay", config.delay]
     if config.stats_every != 1:
         args += ["--inv-stats-every", config.stats_every]
+    if config.refresh != "ema":
+        args += ["--inv-refresh", config.refresh]
     if config.warmup_epochs:
         args += ["--warmup-epochs", config.warmup_epochs]
     if data_dir:
@@ -264,7 +283,24 @@ def stale_stats(ks=(1, 10, 50), lrs=(0.1, 1.0)):
                   "small_cnn, norm inv, batch 32; k = 1 runs are L1's.")
 
 
-FAMILIES = {"L1": l1, "L2": l2, "L3": l3, "D1": d1, "S": stale_stats}
+def refresh_rule(rule=REFRESH_RULE, k=10, cases=(("small_cnn", 0.1), ("small_cnn", 1.0),
+                                                 ("vit_tiny", 0.1))):
+    """The refresh rule with statistics every k steps is no worse than every step."""
+    configs, comparisons, panels = [], [], []
+    for model, lr in cases:
+        every, rule_k = Config(model=model, lr=lr), Config(model=model, lr=lr, stats_every=k,
+                                                           refresh=rule)
+        configs += [every, rule_k]
+        panels.append((f"{model} lr {lr:g}", [every, rule_k]))
+        comparisons.append(Comparison(
+            f"R.{model}.lr{lr:g}", f"{model} lr {lr:g}: --inv-refresh {rule} with statistics "
+            f"every {k} steps ends no more than 0.5 points below every step",
+            _vs(rule_k, every), kind="noninferiority"))
+    return Family("R", f"A refresh rule that holds (--inv-refresh {rule})", configs,
+                  comparisons, panels, "norm inv, batch 32; small_cnn k = 1 runs are L1's.")
+
+
+FAMILIES = {"L1": l1, "L2": l2, "L3": l3, "D1": d1, "S": stale_stats, "R": refresh_rule}
 
 
 def families(only=None, params=None):

@@ -16,7 +16,7 @@ from experiments.provenance import provenance, start
 
 PROBES = {"small_cnn": 1.0, "vit_tiny": 0.1}
 TRIALS = [("small_cnn", 0.1), ("small_cnn", 1.0), ("vit_tiny", 0.1)]
-RULES = ("k1", "ema", "last", "center", "batch")
+RULES = ("k1", "ema", "last", "center", "batch", "sampled")
 
 
 def positive(text):

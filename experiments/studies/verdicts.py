@@ -126,6 +126,18 @@ def equivalence(ci, margin=MARGIN_POINTS):
     return INCONCLUSIVE
 
 
+def noninferiority(ci, margin=MARGIN_POINTS):
+    """The difference (new - reference) is not below -margin: its interval's lower bound
+    is above it; contradicted when the whole interval is below it."""
+    if ci["lo"] is None:
+        return INCONCLUSIVE
+    if ci["lo"] > -margin:
+        return SUPPORTED
+    if ci["hi"] < -margin:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
 def final_accuracy(run, num_classes=10):
     """A run's final accuracy in points: chance when it diverged (see the module text)."""
     return 100.0 / num_classes if run["diverged"] else 100.0 * run["test_acc"]

@@ -53,9 +53,9 @@ class _Whitening(nn.Module):
         self.register_buffer("running_mean", torch.zeros(groups, d))
         self.register_buffer("running_whitening", torch.eye(d).repeat(groups, 1, 1))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
-        if refresh in ("last", "center"):
+        if refresh == "last":
             # the last refresh step's batch statistics, for the stale steps that follow it;
-            # only these rules have them, so "ema" state_dicts are what they always were
+            # only this rule has them, so every other state_dict is what it always was
             self.register_buffer("refresh_mean", torch.zeros(groups, d))
             self.register_buffer("refresh_whitening", torch.eye(d).repeat(groups, 1, 1))
         self._sync_name = new_name()
@@ -80,7 +80,7 @@ class _Whitening(nn.Module):
                                                alpha=m)
             self.running_whitening.mul_(1 - m).add_(
                 whitening.detach().to(self.running_whitening.dtype), alpha=m)
-            if self.refresh in ("last", "center"):
+            if self.refresh == "last":
                 self.refresh_mean.copy_(mean.detach())
                 self.refresh_whitening.copy_(whitening.detach())
         return mean, whitening
@@ -96,7 +96,12 @@ class _Whitening(nn.Module):
             mean = self._batch_mean(xhat)
             if self.sync:
                 mean = average_mean(mean, self._sync_name + ".mean")
-            return mean, self.refresh_whitening
+            return mean, self.running_whitening
+        if self.refresh == "sampled":  # fewer rows, the gradient of a refresh step
+            mean, second = self._sparse_moments(xhat)
+            if self.sync:
+                mean, second = average_moments(mean, second, self._sync_name)
+            return mean, self._inverse_sqrt(mean, second)
         with torch.no_grad():  # "batch": this batch's statistics, fixed in the backward
             mean, second = moments_fn(xhat.detach())
             if self.sync:
@@ -238,6 +243,14 @@ class InvConv2d(_Whitening):
         return ops.sampled_patch_mean(xhat, self.kernel_size, self.padding, self.dilation,
                                       sample_stride, self.groups, self.block)
 
+    def _sparse_moments(self, xhat):
+        """The moments on a grid twice as coarse in both directions (1/SPARSE_ROWS rows)."""
+        step = math.isqrt(options.SPARSE_ROWS)
+        return ops.im2col_moments(xhat, self.kernel_size, self.padding, self.dilation,
+                                  (step * self.sampling_stride * self.stride[0],
+                                   step * self.sampling_stride * self.stride[1]),
+                                  self.groups, self.block)
+
     def forward(self, x):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"InvConv2d expects input (N, {self.in_channels}, H, W), "
@@ -305,6 +318,11 @@ class InvLinear(_Whitening):
 
     def _moments(self, xhat):
         return ops.chunk_moments(xhat, self.block)
+
+    def _sparse_moments(self, xhat):
+        """The moments of every SPARSE_ROWS-th row (token or sample)."""
+        return ops.chunk_moments(xhat.reshape(-1, xhat.shape[-1])[::options.SPARSE_ROWS],
+                                 self.block)
 
     def _batch_mean(self, xhat):
         """Mean (1, B) of the contiguous B-chunks of the features."""

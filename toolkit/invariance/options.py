@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, fields
 NORMS = ("sample", "local", "none")
 METHODS = ("auto", "newton", "spectral")
 # What a stale step (stats_every > 1 or freeze) folds into the weights: the running
-# averages (the method as specified), the last refresh step's batch statistics, the last
-# refresh's whitening with this batch's mean, or this batch's statistics held fixed in the
-# backward pass (docs/invariance-layer.md, "Refresh rules").
-REFRESH_RULES = ("ema", "last", "center", "batch")
+# averages (the method as specified), the last refresh step's batch statistics, the
+# running whitening with this batch's mean, this batch's statistics held fixed in the
+# backward pass, or this batch's statistics from SPARSE_ROWS times fewer sampled rows with
+# their gradient (docs/invariance-layer.md, "Refresh rules").
+REFRESH_RULES = ("ema", "last", "center", "batch", "sampled")
+SPARSE_ROWS = 4  # conv: twice the sampling stride in both directions; linear: every 4th row
 
 # The network's first conv whitens raw pixels, whose patch covariance is badly conditioned:
 # it gets three times the Newton-Schulz iterations of every other layer.
