@@ -51,14 +51,14 @@ def optimizer(model, lr):
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
 
 
-def batches(train, seed):
-    """Shuffled batches of BATCH, epoch after epoch, from a seeded generator."""
+def batches(train, seed, batch=BATCH):
+    """Shuffled batches, epoch after epoch, from a seeded generator."""
     x, y = train
     g = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y) - BATCH + 1, BATCH):
-            idx = order[i:i + BATCH]
+        for i in range(0, len(y) - batch + 1, batch):
+            idx = order[i:i + batch]
             yield x[idx], y[idx]
 
 
@@ -179,12 +179,12 @@ def accuracy(model, data):
     return correct / len(y)
 
 
-def trial(model_name, lr, rule, steps, train, val, seed=0):
+def trial(model_name, lr, rule, steps, train, val, seed=0, batch=BATCH):
     """One short run: rule "k1" (statistics every step) or a refresh rule with k = K."""
     options = {} if rule == "k1" else {"stats_every": K, "refresh": rule}
     model = build(model_name, seed, **options)
     opt = optimizer(model, lr)
-    data, losses, start = batches(train, seed), [], time.perf_counter()
+    data, losses, start = batches(train, seed, batch), [], time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:  # cosine to 0 over the run, as launch.train
             group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
