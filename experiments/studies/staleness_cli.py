@@ -81,16 +81,44 @@ def main(argv):
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(text + "\n")
+        f.write(header(args.study, report["provenance"]) + text + f"\n\n![plot]({name}.png)\n")
     print(text)
     print(f"plot: {png}")
     return 0
 
 
+TITLES = {
+    "staleness": "# Why stale whitening fails\n\nFashion-MNIST subset, statistics every "
+                 "10th step past the warm start, refresh ema (the running averages). Losses "
+                 "of the same batch before its step: with the running averages (what the "
+                 "stale step folds; on stale steps also its training loss), with the last "
+                 "refresh step's statistics, and with its own (k = 1). Drift: relative "
+                 "Frobenius distance of D to the batch's own D, and the RMS shift of the "
+                 "centring in whitened units, mean over the layers, on the first stale step "
+                 "of every period. Per step and per layer in the JSON.",
+    "refresh-rules": "# Refresh rules: cost and accuracy\n\nFashion-MNIST subset, one seed, "
+                     "short runs (cosine lr to 0 over the run, batch 32, SGD momentum 0.9); "
+                     "every rule with statistics every 10th step against k = 1 (`k1`); "
+                     "validation accuracy at the end (eval mode: the running averages). "
+                     "Cost: the rule's step over the BatchNorm step in the launch.bench_layer "
+                     "JSON named in the command (k = 10, whole periods).",
+}
+
+
+def header(study, prov):
+    """Title, what was measured, and the command with its provenance."""
+    state = "loaded machine (timings inflated)" if prov.get("loaded") else "quiet machine"
+    dirty = ", uncommitted changes" if prov.get("dirty") else ""
+    return (f"{TITLES[study]}\n\n`{prov.get('command')}` (commit {prov.get('commit')}{dirty}; "
+            f"{state}, load {prov['load_start'][0]:.1f} at start on {prov.get('cores')} "
+            f"cores; {prov.get('wall_s', 0):.0f} s)\n\n")
+
+
 def probe_table(report):
     lines = ["| model | lr | loss before first stale step | first stale step: train (EMA) "
-             "| last refresh | fresh | D drift EMA / last (first stale step of a period) "
-             "| mean shift EMA / last | diverged |", "|" + "---|" * 9]
+             "| last refresh | fresh | D drift EMA / last, 1st stale step of a period "
+             "| same, last step of a period | mean shift EMA / last, 1st stale step "
+             "| diverged |", "|" + "---|" * 10]
     for s in report["summary"]:
         def f(key):
             v = s.get(key)
@@ -98,7 +126,8 @@ def probe_table(report):
         lines.append(f"| {s['model']} | {s['lr']:g} | {f('loss_before_first_stale')} | "
                      f"{f('first_stale_loss_ema')} | {f('first_stale_loss_last')} | "
                      f"{f('first_stale_loss_fresh')} | {f('drift_ema_D_first_stale')} / "
-                     f"{f('drift_last_D_first_stale')} | {f('drift_ema_mean_first_stale')} / "
+                     f"{f('drift_last_D_first_stale')} | {f('drift_ema_D_period_end')} / "
+                     f"{f('drift_last_D_period_end')} | {f('drift_ema_mean_first_stale')} / "
                      f"{f('drift_last_mean_first_stale')} | {s['diverged']} |")
     return "\n".join(lines)
 
