@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import time
@@ -260,6 +261,9 @@ def run_worker(args):
         sizes = [{"workers": hvd.size(), "bytes": n, "seconds": t} for n, t in
                  time_allreduces(hvd, torch, wanted, max(1, args.probe_allreduce))]
     hosts = hvd.allgather_object(socket.gethostname())
+    # Peak memory of the largest rank (ru_maxrss is KiB on Linux): what a node count costs.
+    max_rss_mib = max(hvd.allgather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                           / 1024))
     wall["probe_s"] = time.perf_counter() - probe_began
     if hvd.rank() == 0:
         result = {"model": args.model, "ranks": hvd.size(), "batch_per_rank": args.batch_size,
@@ -267,6 +271,7 @@ def run_worker(args):
                   "rounds": args.rounds, "block_steps": args.block_steps,
                   "timed_steps_per_strategy": len(contenders[0].times),
                   "period": args.period, "delay": args.delay, "hosts": hosts,
+                  "max_rss_mib": max_rss_mib,
                   "periods": {c.name: c.period for c in contenders},
                   "delay_max": args.delay_max, "warmup_turn": args.warmup_turn,
                   # the d dasgd ran with (--delay auto: the one it chose)

@@ -10,6 +10,11 @@ larger counts:
   per_hop   t(p, n) = 2(p-1) * alpha + w(p, n)/beta, alpha = a/2   (the textbook model)
   per_call  t(p, n) = a + w(p, n)/beta                              (Horovod's negotiation,
             cycle and wake-ups cost the same whatever the ring's length)
+  per_piece t(p, n) = (p-1) * t2(2n/p)                              (each of the 2(p-1)
+            hops moves a piece of n/p bytes, as each of the 2 hops of a 2-node allreduce of
+            2n/p bytes does: the per-hop cost is read off the 2-node measurements at that
+            piece size, interpolated between the measured sizes, so a bandwidth or latency
+            that depends on the piece size is carried over without a formula for it)
 Steps, with c the step of `none` (the compute) and T(p) the model's allreduce:
   sync   c + max(0, T(p) + e)          e = what sync paid at 2 nodes beyond c + T(2):
                                         negative when the allreduce overlaps the backward
@@ -22,7 +27,7 @@ Steps, with c the step of `none` (the compute) and T(p) the model's allreduce:
 """
 import numpy as np
 
-VARIANTS = ("per_hop", "per_call")
+VARIANTS = ("per_hop", "per_call", "per_piece")
 
 
 def hops(p):
@@ -65,7 +70,17 @@ def calibrate_allreduce(points):
         raise ValueError("allreduce times do not grow with the message size: no bandwidth "
                          "to calibrate")
     return {"workers": counts.pop(), "intercept_s": got["a"],
-            "beta_bytes_per_s": 1.0 / got["inv_beta"]}
+            "beta_bytes_per_s": 1.0 / got["inv_beta"],
+            "points": sorted((n, s) for _, n, s in points)}
+
+
+def calibration_s(cal, nbytes):
+    """The calibration count's allreduce of `nbytes`: interpolated between the measured
+    sizes, the fitted line outside them."""
+    sizes = [n for n, _ in cal["points"]]
+    if sizes[0] <= nbytes <= sizes[-1]:
+        return float(np.interp(nbytes, sizes, [s for _, s in cal["points"]]))
+    return cal["intercept_s"] + wire_bytes(cal["workers"], nbytes) / cal["beta_bytes_per_s"]
 
 
 def allreduce_s(cal, p, nbytes, variant="per_hop"):
@@ -75,6 +90,10 @@ def allreduce_s(cal, p, nbytes, variant="per_hop"):
         return hops(p) * cal["intercept_s"] / hops(cal["workers"]) + band
     if variant == "per_call":
         return cal["intercept_s"] + band
+    if variant == "per_piece":
+        # a piece of n/p bytes per hop, as a calibration allreduce of q*n/p bytes has
+        q = cal["workers"]
+        return hops(p) / hops(q) * calibration_s(cal, q * nbytes / p)
     raise ValueError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
 

@@ -83,7 +83,8 @@ def model_lines(model):
              f"{cal['beta_bytes_per_s'] / 1e6:.4g} MB/s. Prediction at p nodes with the "
              "2-node compute (nothing measured at p enters); error = (model − measured) / "
              "measured. `per hop` reads a as latency of the 2 hops of a 2-node ring "
-             "(alpha = a/2 per hop), `per call` as a constant per allreduce "
+             "(alpha = a/2 per hop), `per call` as a constant per allreduce; `per piece` "
+             "takes each hop's cost from the 2-node allreduce whose hops move the same piece "
              "(experiments/bench/node_model.py).", "",
              "| nodes | model | allreduce: measured s, error | sync: measured s, error | "
              "dasgd: measured s, error | sync, dasgd error with measured `none` |",

@@ -49,7 +49,7 @@ def measured_row(p, result, cores):
            "step_s": step, "round_step_s": rs, "dasgd_delay": result.get("dasgd_delay"),
            "periods": result.get("periods"), "cpu_s_per_step": result["cpu_s_per_step"],
            "host_cpu_busy": host_cpu_busy(p, result, cores),
-           "wall_s": result.get("wall_s")}
+           "wall_s": result.get("wall_s"), "max_rss_mib": result.get("max_rss_mib")}
     for name in rs:
         if name != "none":
             row[f"{name}_over_none"] = ratio_interval(rs[name], rs["none"])
@@ -105,7 +105,8 @@ def model_checks(rows, model_bytes, period):
         row["model_error_allreduce"] = err["allreduce_s"]
         row["model_error_sync"] = err["sync_s"]
         row["model_error_dasgd"] = err["dasgd_s"]
-        row["model_error_per_call"] = out["variants"]["per_call"]["at"][p]["error"]
+        for variant in node_model.VARIANTS[1:]:
+            row[f"model_error_{variant}"] = out["variants"][variant]["at"][p]["error"]
     all_points = [(pt["workers"], pt["bytes"], pt["seconds"]) for r in rows
                   for pt in r["allreduce"]]
     out["fit_all"] = node_model.fit_all(all_points)
