@@ -27,10 +27,12 @@ test-multinode: install
 # Every fault test file under a background load of 2 busy processes per core (root for the
 # disk and SLURM cases; most of an hour on 2 cores, so `test` runs only the signal cases and
 # one rank failure under load): docs/faults.md, "Under load".
+# The record (outcomes, load during the run, provenance) for docs/results/faults_under_load.md.
+LOAD_RECORD ?= runs/faults_under_load.json
 FAULT_TESTS = tests/test_faults_disk.py tests/test_faults_ranks.py tests/test_faults_signals.py \
 	tests/test_slurm.py tests/test_train_faults.py tests/test_dasgd_resume_stall.py
 test-load: install
-	$(call MPI_POLICY,) && $(PY) -m pytest -q --load 2 $(FAULT_TESTS)
+	$(call MPI_POLICY,) && $(PY) -m pytest -q --load 2 --load-record $(LOAD_RECORD) $(FAULT_TESTS)
 
 bench: install
 	$(PY) -m launch.bench_layer --json runs/bench_layer.json

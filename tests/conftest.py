@@ -33,6 +33,9 @@ def pytest_addoption(parser):
                      help="run the session under N busy processes per core (killed at the "
                           "end); e.g. --load 2 on 2 cores: 4 processes. --load 0: not even "
                           "the tests marked `load`")
+    parser.addoption("--load-record", default=None, metavar="FILE.json",
+                     help="write the outcomes, the load sampled during the session and the "
+                          "provenance to FILE.json (tests/load_record.py)")
 
 
 def pytest_configure(config):
@@ -45,6 +48,12 @@ def pytest_configure(config):
     # Only the controlling process (not an xdist worker) starts the load.
     if per_core and not hasattr(config, "workerinput"):
         config._busy = BackgroundLoad(per_core)
+    record = config.getoption("load_record")
+    if record and not hasattr(config, "workerinput"):
+        from tests.load_record import LoadRecord
+        config.pluginmanager.register(
+            LoadRecord(record, per_core or 0, list(config.invocation_params.args)),
+            "load_record")
 
 
 @pytest.fixture(autouse=True)
