@@ -37,7 +37,7 @@ PERIOD = 10
 # The refresh rules timed beside "ema" (inv_k10), each as inv_k10_<rule> with k = PERIOD,
 # and the one whose ratio is inv_fast_over_bn (docs/invariance-layer.md, "Refresh rules").
 RULES = ("last", "center", "batch", "sampled")
-FAST_RULE = "last"
+FAST_RULE = "center"
 # Also timed on vit_tiny (steps only: no floor, table or reference), at its own batch.
 SECOND_MODEL = "vit_tiny"
 # Distinct random batches the timed steps cycle through (experiments/bench/layer.py: LR).

@@ -265,11 +265,11 @@ def test_checkpoint_without_the_option_resumes_with_ema_and_is_refused_otherwise
 
 
 @needs_fashion
-def test_vit_tiny_with_the_last_rule_learns_fashion_mnist():
-    """40 steps of batch 32 with statistics every 10th step past the warm start (29 steps)
-    and the rule of the R claim: it learns (measured about 0.6; chance 0.1)."""
+def test_vit_tiny_with_the_claims_rule_learns_fashion_mnist():
+    """40 steps of batch 8 with statistics every 10th step past the warm start (29 steps),
+    with the rule the claims family R checks: it learns (chance is 0.1)."""
     from experiments.studies import staleness
     from experiments.studies.plan import REFRESH_RULE
-    train, val = staleness.fashion_splits(1280, 300)
-    result = staleness.trial("vit_tiny", 0.1, REFRESH_RULE, 40, train, val)
-    assert not result["diverged"] and result["val_acc"] > 0.4, result["val_acc"]
+    train, val = staleness.fashion_splits(640, 200)
+    result = staleness.trial("vit_tiny", 0.1, REFRESH_RULE, 40, train, val, batch=8)
+    assert not result["diverged"] and result["val_acc"] > 0.3, result["val_acc"]

@@ -18,7 +18,7 @@ CLASSES = 10
 VIT_IMAGES_PER_S = 40
 VIT_EVAL_S = 120.0
 # The refresh rule the R family checks (--inv-refresh; docs/results/refresh_rules.md).
-REFRESH_RULE = "last"
+REFRESH_RULE = "center"
 
 # The size of every run (docs/results/README.md says why these values): training images
 # (the first N of the training file outside the validation part), epochs, the validation
