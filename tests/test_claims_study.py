@@ -85,6 +85,15 @@ def test_an_output_directory_keeps_its_sizes(tmp_path):
     fix_scale(str(tmp_path), plan.SCALE, None)
     with pytest.raises(SystemExit, match="other sizes"):
         fix_scale(str(tmp_path), {**plan.SCALE, "evals": 3}, None)
+    # a new model's sizes (a new family) extend the record; the old sizes stay fixed
+    grown = {**plan.SCALE, "models": {**plan.SCALE["models"], "new_net": {"epochs": 1}}}
+    fix_scale(str(tmp_path), grown, None, record=False)  # --report-only: checks, keeps
+    assert "new_net" not in (tmp_path / "plan.json").read_text()
+    fix_scale(str(tmp_path), grown, None)
+    assert "new_net" in (tmp_path / "plan.json").read_text()
+    fix_scale(str(tmp_path), grown, None)
+    with pytest.raises(SystemExit, match="other sizes"):
+        fix_scale(str(tmp_path), plan.SCALE, None)  # the record now has new_net
 
 
 def test_plan_shares_runs_and_puts_multi_rank_runs_last():

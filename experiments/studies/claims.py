@@ -142,6 +142,8 @@ def comparison_table(comparisons, link=None):
             extra.append(f"{c['diverged_runs']} diverged run(s)")
         if c.get("censored"):
             extra.append(f"{c['censored']} never reached it")
+        if not c["values"]:
+            extra.append("no runs yet")
         note = f" ({'; '.join(extra)})" if extra else ""
         fam = f" [{link(c)}]({link(c)}.md) |" if link else ""
         lines.append(f"| **{c['id']}**: {c['claim']} |{fam} {kind} | {len(c['values'])} | "
@@ -209,16 +211,20 @@ def write_all(out, fams, rows, seeds, scale, provenance, failed=()):
     counts = {k: sum(c["verdict"] == k for c in every)
               for k in (v.SUPPORTED, v.CONTRADICTED, v.INCONCLUSIVE)}
     runs_wall = sum(r["run_s"] or r["wall_s"] or 0 for r in rows.values())
+    empty = sum(not c["values"] for c in every)
     p = provenance
     lines = ["# Claims study", "",
              f"`{p['command']}`, commit {(p['commit'] or '?')[:12]}"
              f"{' (uncommitted changes)' if p['dirty'] else ''}; {p['cpu_model']}, "
              f"{p['cores']} cores, {p['threads']} thread per process; load average "
-             f"{p['load_start'][0]:.1f} at start{' (loaded machine)' if p['loaded'] else ''}; "
+             f"{p['load_start'][0]:.1f} when this report was written"
+             f"{' (loaded machine)' if p['loaded'] else ''}; the runs ran one thread each, "
+             f"so the load slows them but does not change their accuracies; "
              f"{len(rows)} runs, {runs_wall / 3600:.1f} h of run time. torch {p['torch']}, "
              f"Horovod {p['horovod']}, Open MPI {p['openmpi']}.", "",
              f"Verdicts: {counts[v.SUPPORTED]} supported, {counts[v.CONTRADICTED]} "
-             f"contradicted, {counts[v.INCONCLUSIVE]} inconclusive. Superiority: supported "
+             f"contradicted, {counts[v.INCONCLUSIVE]} inconclusive"
+             f"{f' ({empty} of them with no runs yet)' if empty else ''}. Superiority: supported "
              "when the 95 % interval of the paired difference lies on the claimed side of 0, "
              "contradicted when on the other side. Equivalence: supported when it lies "
              f"within ±{v.MARGIN_POINTS:g} points, contradicted when wholly outside.", "",

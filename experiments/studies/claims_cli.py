@@ -55,20 +55,34 @@ def load_scale(path):
     return scale
 
 
-def fix_scale(out, scale, data_dir):
-    """The first invocation records the sizes in OUT/plan.json; a later one must agree."""
+def extends(saved, mine):
+    """Every size `saved` fixed is the same in `mine`; `mine` may add entries (a model a
+    new family brings), which change no run already made."""
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        return all(key in mine and extends(value, mine[key]) for key, value in saved.items())
+    return saved == mine
+
+
+def fix_scale(out, scale, data_dir, *, record=True):
+    """The first invocation records the sizes in OUT/plan.json; a later one must agree on
+    every size recorded (and may add new ones, recorded then unless `record` is false:
+    --report-only trains nothing and leaves the file to the study that does)."""
     path = os.path.join(out, "plan.json")
-    mine = {"scale": scale, "data_dir": data_dir}
+    mine = json.loads(json.dumps({"scale": scale, "data_dir": data_dir}))
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        if saved != json.loads(json.dumps(mine)):
+        if not extends(saved, mine):
             raise SystemExit(f"error: {out} holds runs of other sizes or data ({path}); "
                              "choose another --out or the same --scale and --data-dir")
+        if saved == mine or not record:
+            return
+    elif not record:
         return
     os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(mine, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def dry_run(runner, fams, runs, seeds, jobs):
@@ -113,7 +127,7 @@ def main(argv):
     if args.dry_run:
         dry_run(runner, fams, runs, seeds, args.jobs)
         return 0
-    fix_scale(args.out, scale, args.data_dir)
+    fix_scale(args.out, scale, args.data_dir, record=not args.report_only)
     if not args.report_only:
         say(f"claims study: {len(runs)} runs in {args.out}/runs, {args.jobs} job(s) at a time")
         runner.run_all(runs, lambda c: plan.estimate_s(c, scale))
