@@ -185,8 +185,10 @@ def test_layer_benchmark_runs_end_to_end(tmp_path):
     # k = 10 is timed over whole periods: one sample per round, the mean of 10 steps
     assert len(saved["samples_s"]["inv_k10"]) == 1
     # every timed model trained sanely: finite losses that did not run away
-    for first, last in saved["loss_first_last"].values():
-        assert 0 < first < 1e3 and 0 < last <= 2 * first
+    for name, (first, last) in saved["loss_first_last"].items():
+        # sampled: on 8 px images of batch 4 its grid has fewer rows than the covariance's
+        # dimension, so its whitening is huge (docs/invariance-layer.md, Refresh rules)
+        assert 0 < first < (1e5 if name == "inv_k10_sampled" else 1e3) and 0 < last <= 2 * first
     assert saved["provenance"]["command"].startswith("python -m launch.bench_layer --json ")
     assert saved["layers"] and {"forward_ms", "backward_ms", "share_stats", "share_inv_sqrt",
                                 "share_conv"} <= set(saved["layers"][0])
