@@ -3,8 +3,8 @@
 Sizes of `vit_tiny`: width 192, 3 heads, 6 blocks, MLP width 384 (ViT-Ti's width and
 heads at half its depth and MLP ratio, so that it trains on a CPU). Patch size: 16 for
 images of 128 px or more, otherwise image_size // 8 (8x8 = 64 tokens; 4 px on CIFAR,
-1 px on 8x8 digits), or the divisor of image_size nearest to image_size / 8 when that does
-not divide it (4 px on 28 px Fashion-MNIST: 7x7 = 49 tokens).
+1 px on 8x8 digits), or one more when only that divides the image (4 px on 28 px
+Fashion-MNIST: 7x7 = 49 tokens).
 
 Norms (decided here, documented in docs/models-and-data.md):
 * "bn":   LayerNorm before attention, before the MLP and before the head (the transformer
@@ -60,11 +60,10 @@ class EncoderBlock(nn.Module):
 
 def patch_size_for(image_size):
     patch = 16 if image_size >= 128 else max(1, image_size // 8)
-    if image_size % patch and image_size < 128:
-        # e.g. 28 px (MNIST, Fashion-MNIST): 28 // 8 = 3 does not divide it; 4 px patches
-        # (7 x 7 tokens) are the nearest that tile the image
-        patch = min((p for p in range(1, image_size + 1) if image_size % p == 0),
-                    key=lambda p: (abs(p - image_size / 8), -p))
+    if image_size % patch and image_size < 128 and image_size % (patch + 1) == 0:
+        # 28 px (MNIST, Fashion-MNIST): 28 // 8 = 3 does not divide it, 4 px patches
+        # (7 x 7 tokens) do
+        patch += 1
     if image_size % patch:
         raise ValueError(f"vit: image_size {image_size} is not a multiple of the patch "
                          f"size {patch}")
